@@ -1,4 +1,10 @@
 //! Raven's agent. The modules follow the data:
-//! `capture → decode → store → forward`, plus `config` and `metrics`.
+//! `capture → decode → store → forward`, plus `config`, `api` and `metrics`.
 
+pub mod api;
+pub mod capture;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
 pub mod record;
+pub mod tap;

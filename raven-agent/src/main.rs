@@ -1,1 +1,90 @@
-fn main(){}
+//! The `raven-agent` command: `run` the appliance, `tap` the wire.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use raven_agent::{config::Config, pipeline, tap};
+
+#[derive(Parser)]
+#[command(
+    name = "raven-agent",
+    version,
+    about = "Raven telemetry-capture appliance"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance with a configuration file (SIGHUP re-reads it).
+    Run(RunArgs),
+    /// Print captured records as JSON lines (a diagnostic, like tcpdump).
+    Tap(tap::TapArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, short = 'c', default_value = "/etc/raven/raven.toml")]
+    config: PathBuf,
+    /// Override capture.mode.
+    #[arg(long, value_enum)]
+    capture: Option<CaptureModeArg>,
+    /// Override capture.interfaces (repeatable).
+    #[arg(long = "interface", short = 'i')]
+    interfaces: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CaptureModeArg {
+    Xdp,
+    Socket,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAVEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                let overrides = move |config: &mut Config| {
+                    if let Some(mode) = args.capture {
+                        config.capture.mode = match mode {
+                            CaptureModeArg::Xdp => raven_agent::config::CaptureMode::Xdp,
+                            CaptureModeArg::Socket => raven_agent::config::CaptureMode::Socket,
+                        };
+                    }
+                    if !args.interfaces.is_empty() {
+                        config.capture.interfaces = args.interfaces.clone();
+                    }
+                };
+                pipeline::run(args.config, overrides).await
+            }
+            Command::Tap(args) => tap::run(args).await,
+        }
+    })
+}

@@ -21,6 +21,7 @@
 //! and every `WAKEUP_EVERY`-th record per CPU forces one; the agent also
 //! polls on a short timer, so a trickle is not held back.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 use core::mem::size_of;
@@ -134,6 +135,21 @@ fn byte_at(ctx: &XdpContext, offset: usize) -> Option<u8> {
     ptr_at::<u8>(ctx, offset).map(|p| unsafe { p.read() })
 }
 
+/// Copies a `T` from a variable `offset` with the helper, which checks the
+/// bounds itself. Direct access at a variable offset is what LLVM turns
+/// into `ptr >= end` compares the verifier cannot use to prove a range.
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the destination is a T-sized stack slot; the helper fails
+    // (non-zero) rather than read past the frame.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(ctx.ctx, offset as u32, value.as_mut_ptr().cast(), size_of::<T>() as u32)
+    };
+    // SAFETY: rc == 0 means all size_of::<T>() bytes were written.
+    (rc == 0).then(|| unsafe { value.assume_init() })
+}
+
 #[inline(always)]
 fn parse(ctx: &XdpContext) -> Parsed {
     let Some(mut ethertype) = be16_at(ctx, 12) else {
@@ -180,13 +196,12 @@ fn parse(ctx: &XdpContext) -> Parsed {
         _ => return Parsed::Pass(counter::NON_IP),
     };
 
-    let (Some(src_port), Some(dst_port), Some(udp_len)) = (
-        be16_at(ctx, udp_offset),
-        be16_at(ctx, udp_offset + 2),
-        be16_at(ctx, udp_offset + 4),
-    ) else {
+    let Some(udp) = load::<[u8; 8]>(ctx, udp_offset) else {
         return Parsed::Pass(counter::MALFORMED);
     };
+    let src_port = u16::from_be_bytes([udp[0], udp[1]]);
+    let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+    let udp_len = u16::from_be_bytes([udp[4], udp[5]]);
     // SAFETY: a plain lookup; the value is copied out at once.
     let Some(rule) = (unsafe { PORTS.get(&dst_port) }).copied() else {
         return Parsed::Pass(counter::UNMATCHED);
@@ -239,8 +254,9 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, header: &mut RecordHeader) -> Res
     for _ in 0..3 {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                next = byte_at(ctx, l4).ok_or(counter::MALFORMED)?;
-                let ext_len = byte_at(ctx, l4 + 1).ok_or(counter::MALFORMED)?;
+                let [next_header, ext_len] =
+                    load::<[u8; 2]>(ctx, l4).ok_or(counter::MALFORMED)?;
+                next = next_header;
                 l4 += (ext_len as usize + 1) * 8;
             }
             _ => break,
@@ -331,30 +347,47 @@ fn emit<const N: usize>(ctx: &XdpContext, datagram: &Datagram) -> Copied {
         return Copied::RingFull;
     };
     let slot = entry.as_mut_ptr();
-    // The verifier must see the copy length bounded by N on this path.
-    let len = datagram.header.cap_len as usize;
-    if len > N {
-        entry.discard(0);
-        return Copied::LoadFailed;
-    }
-    // SAFETY: `slot` points at a reserved, writable Entry<N>; len <= N.
-    unsafe {
-        (*slot).header = datagram.header;
-        if len > 0 {
-            let rc = bpf_xdp_load_bytes(
+    // SAFETY: `slot` points at a reserved, writable Entry<N>.
+    unsafe { (*slot).header = datagram.header };
+    let len = datagram.header.cap_len as u64;
+    if len > 0 {
+        let len = verifier_bounded_len::<N>(len);
+        if len > N as u64 {
+            entry.discard(0);
+            return Copied::LoadFailed;
+        }
+        // SAFETY: the destination has N writable bytes and len <= N.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
                 ctx.ctx,
                 datagram.payload_offset as u32,
                 (*slot).payload.as_mut_ptr().cast(),
                 len as u32,
-            );
-            if rc != 0 {
-                entry.discard(0);
-                return Copied::LoadFailed;
-            }
+            )
+        };
+        if rc != 0 {
+            entry.discard(0);
+            return Copied::LoadFailed;
         }
     }
     entry.submit(wakeup_flag());
     Copied::Yes
+}
+
+/// Returns `len` (1 ≤ len ≤ N, which the caller guarantees) in a form whose
+/// bounds the verifier can see: `bpf_xdp_load_bytes` needs 1 ≤ size ≤ N
+/// proven. A plain `len > 0 && len <= N` gets folded by LLVM into one
+/// unsigned compare of `len - 1`, which loses the lower bound ("R4 invalid
+/// zero-sized read"). So LLVM is made to forget what it knows about `len`
+/// (an empty asm), and the bounds are rebuilt with arithmetic the verifier
+/// tracks: `((len - 1) & mask) + 1` lies in [1, mask + 1].
+#[inline(always)]
+fn verifier_bounded_len<const N: usize>(len: u64) -> u64 {
+    let mut opaque = len;
+    // SAFETY: an empty asm block; it only hides the value from the optimiser.
+    unsafe { core::arch::asm!("/* {0} */", inout(reg) opaque) };
+    let mask = (N.next_power_of_two() - 1) as u64;
+    (opaque.wrapping_sub(1) & mask) + 1
 }
 
 /// No wakeup for most records; a forced one every `WAKEUP_EVERY` per CPU.

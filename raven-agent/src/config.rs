@@ -1,0 +1,314 @@
+//! Raven's configuration: one TOML file, the same schema the API will read and
+//! write as JSON.
+//!
+//! Invariants:
+//! - Every key has a default, so an empty file is a valid configuration.
+//! - Unknown keys are an error, never a silent no-op.
+//! - A configuration is validated in full before anything uses it; a bad one
+//!   is refused with every offending key and its reason, and whatever was
+//!   running stays in force.
+//!
+//! Format: see `config/raven.toml` (the documented default) and
+//! `docs/configuration.md` (every key, its default and unit).
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::Stream;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// How datagrams are taken off the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// XDP program on the interfaces plus socket listeners as the safety net.
+    Xdp,
+    /// Socket listeners only (no privileges needed beyond binding the ports).
+    Socket,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the interface supports it, generic otherwise.
+    Auto,
+    /// Native mode only; fail if the driver has no XDP support.
+    Driver,
+    /// Generic (skb) mode: works on every interface, costs more CPU.
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortAction {
+    /// Copy, then drop: the host's stack never sees the datagram.
+    Steal,
+    /// Copy, then pass: collectors already on the host still get it.
+    Tee,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub port: u16,
+    pub stream: Stream,
+    #[serde(default = "default_action")]
+    pub action: PortAction,
+}
+
+fn default_action() -> PortAction {
+    PortAction::Steal
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    pub mode: CaptureMode,
+    pub xdp_mode: XdpAttachMode,
+    /// Interfaces to attach to; empty means the interfaces that carry a
+    /// default route.
+    pub interfaces: Vec<String>,
+    pub ports: Vec<PortConfig>,
+    /// Payload bytes kept per datagram (bytes).
+    pub snap_length: u32,
+    /// Size of the kernel ring buffer (bytes; a power of two, at least 4096).
+    pub ring_bytes: u32,
+    /// Force a ring wakeup every this many records per CPU.
+    pub wakeup_every: u32,
+    /// How often the ring is read even without a wakeup (milliseconds).
+    pub poll_interval_ms: u64,
+    /// Receive buffer of each UDP listener (bytes).
+    pub socket_receive_buffer_bytes: u32,
+    /// Largest batch handed to the next stage (records).
+    pub batch_max_records: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            mode: CaptureMode::Xdp,
+            xdp_mode: XdpAttachMode::Auto,
+            interfaces: Vec::new(),
+            ports: Stream::ALL
+                .into_iter()
+                .map(|stream| PortConfig {
+                    port: stream.default_port(),
+                    stream,
+                    action: PortAction::Steal,
+                })
+                .collect(),
+            snap_length: raven_common::MAX_SNAP_LEN as u32,
+            ring_bytes: 16 * 1024 * 1024,
+            wakeup_every: 64,
+            poll_interval_ms: 5,
+            socket_receive_buffer_bytes: 32 * 1024 * 1024,
+            batch_max_records: 1024,
+        }
+    }
+}
+
+impl CaptureConfig {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served; empty disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9184".to_string(),
+        }
+    }
+}
+
+/// One reason a configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// Dotted path of the offending key, e.g. `capture.ports[2].port`.
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("invalid configuration: {}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.key, p.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: "<config>".to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, reason: &str| {
+            problems.push(Problem {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let c = &self.capture;
+        let mut seen = BTreeSet::new();
+        for (i, rule) in c.ports.iter().enumerate() {
+            if rule.port == 0 {
+                problem(
+                    format!("capture.ports[{i}].port"),
+                    "port 0 cannot be captured",
+                );
+            }
+            if !seen.insert(rule.port) {
+                problem(format!("capture.ports[{i}].port"), "port listed twice");
+            }
+        }
+        if c.snap_length == 0 || c.snap_length as usize > raven_common::MAX_SNAP_LEN {
+            problem(
+                "capture.snap_length".into(),
+                &format!("must be between 1 and {} bytes", raven_common::MAX_SNAP_LEN),
+            );
+        }
+        if c.ring_bytes < 4096 || !c.ring_bytes.is_power_of_two() {
+            problem(
+                "capture.ring_bytes".into(),
+                "must be a power of two of at least 4096 bytes",
+            );
+        }
+        if c.poll_interval_ms == 0 || c.poll_interval_ms > 1000 {
+            problem(
+                "capture.poll_interval_ms".into(),
+                "must be between 1 and 1000 ms",
+            );
+        }
+        if c.batch_max_records == 0 {
+            problem("capture.batch_max_records".into(), "must be at least 1");
+        }
+        for (i, name) in c.interfaces.iter().enumerate() {
+            if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
+                problem(
+                    format!("capture.interfaces[{i}]"),
+                    "not a valid interface name",
+                );
+            }
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            problem(
+                "metrics.listen".into(),
+                "must be ADDRESS:PORT (or empty to disable)",
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_shipped_default_parses_and_matches_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/raven.toml");
+        let shipped = Config::load(&path).unwrap();
+        assert_eq!(
+            shipped,
+            Config::default(),
+            "config/raven.toml drifted from Config::default()"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = Config::parse("[capture]\nsnaplen = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snaplen"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_value_is_listed_with_its_key() {
+        let err = Config::parse(
+            "[capture]\nsnap_length = 0\nring_bytes = 5000\n\
+             ports = [{port = 514, stream = \"syslog\"}, {port = 514, stream = \"snmp\"}]\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "capture.ports[1].port",
+                "capture.snap_length",
+                "capture.ring_bytes"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_stream_names_are_refused() {
+        let err = Config::parse("[capture]\nports = [{port = 9, stream = \"gopher\"}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gopher"), "{err}");
+    }
+}

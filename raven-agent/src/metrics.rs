@@ -1,0 +1,324 @@
+//! The one place that owns Raven's metrics.
+//!
+//! Invariants:
+//! - Every metric is registered once, in the [`Registry`] returned by
+//!   [`registry`]; nothing else creates Prometheus collectors.
+//! - Stages never touch collectors directly: they emit a typed event per
+//!   situation ([`InternalEvent`]), once per batch, not per record (the
+//!   pattern of Vector's `internal_events`). The event decides which counters
+//!   move, so a situation is counted the same way wherever it happens.
+//! - Names follow Prometheus conventions: `raven_` prefix, unit in the name,
+//!   `_total` for counters. Every drop has a `reason` label.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::record::{Stream, Via};
+
+pub struct Metrics {
+    pub registry: Registry,
+    capture_records: IntCounterVec,
+    capture_bytes: IntCounterVec,
+    capture_truncated: IntCounterVec,
+    capture_dropped: IntCounterVec,
+    socket_errors: IntCounterVec,
+    xdp_frames: IntCounterVec,
+    xdp_matched: IntCounterVec,
+    exporter_packets: IntCounterVec,
+    exporter_bytes: IntCounterVec,
+    exporter_ring_full: IntCounterVec,
+    xdp_attached: IntGaugeVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let xdp_attached = IntGaugeVec::new(
+            Opts::new(
+                "raven_xdp_attached",
+                "1 while the XDP program is attached, by mode",
+            ),
+            &["interface", "mode"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(xdp_attached.clone()))
+            .expect("metric registered once");
+        Metrics {
+            capture_records: counter(
+                &r,
+                "raven_capture_records_total",
+                "Datagrams captured and handed to the pipeline",
+                &["stream", "via"],
+            ),
+            capture_bytes: counter(
+                &r,
+                "raven_capture_wire_bytes_total",
+                "UDP payload bytes of captured datagrams, as on the wire",
+                &["stream", "via"],
+            ),
+            capture_truncated: counter(
+                &r,
+                "raven_capture_truncated_total",
+                "Captured datagrams whose payload was cut at the snap length",
+                &["stream", "via"],
+            ),
+            capture_dropped: counter(
+                &r,
+                "raven_capture_dropped_total",
+                "Captured datagrams that could not be handed on, by reason",
+                &["stream", "reason"],
+            ),
+            socket_errors: counter(
+                &r,
+                "raven_capture_socket_errors_total",
+                "Errors on the UDP listeners, by port and reason",
+                &["port", "reason"],
+            ),
+            xdp_frames: counter(
+                &r,
+                "raven_xdp_frames_total",
+                "Frames the XDP program saw, by outcome (kernel counters)",
+                &["outcome"],
+            ),
+            xdp_matched: counter(
+                &r,
+                "raven_xdp_matched_total",
+                "Datagrams the XDP program copied into the ring, per stream",
+                &["stream"],
+            ),
+            exporter_packets: counter(
+                &r,
+                "raven_exporter_packets_total",
+                "Datagrams the XDP program matched, per exporter",
+                &["exporter", "stream"],
+            ),
+            exporter_bytes: counter(
+                &r,
+                "raven_exporter_wire_bytes_total",
+                "Payload bytes the XDP program matched, per exporter",
+                &["exporter", "stream"],
+            ),
+            exporter_ring_full: counter(
+                &r,
+                "raven_exporter_ring_full_total",
+                "Datagrams of this exporter that found the ring full (socket path took them)",
+                &["exporter", "stream"],
+            ),
+            xdp_attached,
+            registry: r,
+        }
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+pub fn registry() -> &'static Registry {
+    &METRICS.registry
+}
+
+/// Prometheus text exposition of every registered metric.
+pub fn render() -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&registry().gather())
+        .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+}
+
+/// A situation worth counting. Emitted once per batch.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+pub fn emit(event: impl InternalEvent) {
+    event.emit();
+}
+
+/// Per-stream totals of one captured batch.
+#[derive(Default)]
+pub struct CapturedBatch {
+    /// records, wire bytes, truncated — indexed by stream, for one path.
+    pub per_stream: [(u64, u64, u64); Stream::ALL.len()],
+    pub via: Option<Via>,
+}
+
+impl CapturedBatch {
+    pub fn new(via: Via) -> Self {
+        CapturedBatch {
+            via: Some(via),
+            ..Default::default()
+        }
+    }
+
+    pub fn add(&mut self, stream: Stream, wire_len: u32, truncated: bool) {
+        let slot = &mut self.per_stream[stream_index(stream)];
+        slot.0 += 1;
+        slot.1 += u64::from(wire_len);
+        slot.2 += u64::from(truncated);
+    }
+}
+
+fn stream_index(stream: Stream) -> usize {
+    Stream::ALL
+        .iter()
+        .position(|s| *s == stream)
+        .expect("ALL lists every stream")
+}
+
+impl InternalEvent for CapturedBatch {
+    fn emit(self) {
+        let m = metrics();
+        let via = self.via.map_or("unknown", Via::name);
+        for (stream, (records, bytes, truncated)) in Stream::ALL.iter().zip(self.per_stream) {
+            if records == 0 {
+                continue;
+            }
+            let labels = [stream.name(), via];
+            m.capture_records.with_label_values(&labels).inc_by(records);
+            m.capture_bytes.with_label_values(&labels).inc_by(bytes);
+            if truncated > 0 {
+                m.capture_truncated
+                    .with_label_values(&labels)
+                    .inc_by(truncated);
+            }
+        }
+    }
+}
+
+/// Records that were captured but could not be handed to the next stage.
+pub struct CaptureDropped<'a> {
+    pub stream: Stream,
+    pub reason: &'a str,
+    pub count: u64,
+}
+
+impl InternalEvent for CaptureDropped<'_> {
+    fn emit(self) {
+        tracing::error!(stream = %self.stream, reason = self.reason, count = self.count,
+            "captured records dropped");
+        metrics()
+            .capture_dropped
+            .with_label_values(&[self.stream.name(), self.reason])
+            .inc_by(self.count);
+    }
+}
+
+/// A UDP listener failed to receive (the socket stays open).
+pub struct SocketReceiveFailed<'a> {
+    pub port: u16,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for SocketReceiveFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            port = self.port,
+            reason = self.reason,
+            "UDP listener receive failed"
+        );
+        metrics()
+            .socket_errors
+            .with_label_values(&[&self.port.to_string(), self.reason])
+            .inc();
+    }
+}
+
+/// Growth of the kernel's cumulative counters since the last sample.
+pub struct KernelCountersSampled<'a> {
+    /// (outcome, increase)
+    pub frames: &'a [(&'static str, u64)],
+    /// (stream, increase)
+    pub matched: &'a [(Stream, u64)],
+}
+
+impl InternalEvent for KernelCountersSampled<'_> {
+    fn emit(self) {
+        let m = metrics();
+        for &(outcome, n) in self.frames {
+            if n > 0 {
+                m.xdp_frames.with_label_values(&[outcome]).inc_by(n);
+            }
+        }
+        for &(stream, n) in self.matched {
+            if n > 0 {
+                m.xdp_matched.with_label_values(&[stream.name()]).inc_by(n);
+            }
+        }
+    }
+}
+
+/// Growth of one exporter's kernel counters since the last sample.
+pub struct ExporterSampled<'a> {
+    pub exporter: &'a str,
+    pub stream: Stream,
+    pub packets: u64,
+    pub bytes: u64,
+    pub ring_full: u64,
+}
+
+impl InternalEvent for ExporterSampled<'_> {
+    fn emit(self) {
+        let m = metrics();
+        let labels = [self.exporter, self.stream.name()];
+        m.exporter_packets
+            .with_label_values(&labels)
+            .inc_by(self.packets);
+        m.exporter_bytes
+            .with_label_values(&labels)
+            .inc_by(self.bytes);
+        if self.ring_full > 0 {
+            tracing::warn!(exporter = self.exporter, stream = %self.stream,
+                count = self.ring_full, "ring full: datagrams went to the socket path");
+            m.exporter_ring_full
+                .with_label_values(&labels)
+                .inc_by(self.ring_full);
+        }
+    }
+}
+
+/// The XDP program was attached to (or detached from) an interface.
+pub struct XdpAttachChanged<'a> {
+    pub interface: &'a str,
+    pub mode: &'a str,
+    pub attached: bool,
+}
+
+impl InternalEvent for XdpAttachChanged<'_> {
+    fn emit(self) {
+        metrics()
+            .xdp_attached
+            .with_label_values(&[self.interface, self.mode])
+            .set(i64::from(self.attached));
+    }
+}
+
+/// Every counter and gauge as `name{labels}` → value, for `tap --stats`.
+pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for family in registry().gather() {
+        for metric in family.get_metric() {
+            let labels: Vec<String> = metric
+                .get_label()
+                .iter()
+                .map(|l| format!("{}=\"{}\"", l.name(), l.value()))
+                .collect();
+            let value = match family.get_field_type() {
+                prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+                _ => metric.get_gauge().get_value(),
+            };
+            out.insert(format!("{}{{{}}}", family.name(), labels.join(",")), value);
+        }
+    }
+    out
+}
