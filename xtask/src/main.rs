@@ -1,1 +1,120 @@
-fn main() {}
+//! `cargo xtask`: the project's build, run, test and benchmark entry points.
+//!
+//! Invariants:
+//! - Every command first makes sure the machine has what it needs (setup is
+//!   idempotent and quick when everything is present), so the README's two
+//!   commands work on a fresh machine.
+//! - The XDP object is built only for `bpfel-unknown-none`, by the agent's
+//!   build script; this tool installs the toolchain pieces it needs.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (idempotent).
+    Setup {
+        /// Also install the Debian packages the tests drive (needs root).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the XDP object (installing nightly rust-src and bpf-linker first).
+    BuildEbpf,
+    /// Build, then run the agent with config/raven.toml (extra args are passed on).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the whole test suite (extra args go to cargo test).
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .into()
+}
+
+/// Runs a command to completion; fails with the command line on error.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
+    setup::build_tools()?;
+    // The agent's build script builds the object (see raven-agent/build.rs).
+    run(cargo().args(["build", "--release", "--package", "raven-agent"]))?;
+    println!(
+        "XDP object: {}",
+        workspace_root()
+            .join("target/ebpf/bpfel-unknown-none/release/raven")
+            .display()
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup { test_deps } => {
+            setup::build_tools()?;
+            if test_deps {
+                setup::test_packages()?;
+            }
+            Ok(())
+        }
+        Cmd::BuildEbpf => build_ebpf(),
+        Cmd::Run { args } => {
+            build_ebpf()?;
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "raven-agent",
+                    "--",
+                    "run",
+                    "--config",
+                ])
+                .arg(workspace_root().join("config/raven.toml"))
+                .args(args))
+        }
+        Cmd::Test { args } => {
+            setup::build_tools()?;
+            setup::test_packages()?;
+            run(cargo()
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(args))
+        }
+    }
+}
