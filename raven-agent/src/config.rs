@@ -304,6 +304,51 @@ mod tests {
         );
     }
 
+    /// Dotted key paths of a TOML value (`a.b`, arrays of tables as `a[].b`).
+    fn key_paths(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, inner) in table {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    out.push(path.clone());
+                    key_paths(&path, inner, out);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items.iter().filter(|i| i.is_table()) {
+                    key_paths(&format!("{prefix}[]"), item, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(doc_path).unwrap();
+        let mut keys = Vec::new();
+        key_paths(
+            "",
+            &toml::Value::try_from(Config::default()).unwrap(),
+            &mut keys,
+        );
+        let tables = ["capture", "metrics"];
+        let missing: Vec<_> = keys
+            .iter()
+            .filter(|k| !tables.contains(&k.as_str()))
+            .filter(|k| !doc.contains(&format!("| `{k}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys without a row in docs/configuration.md: {missing:?}"
+        );
+    }
+
     #[test]
     fn unknown_stream_names_are_refused() {
         let err = Config::parse("[capture]\nports = [{port = 9, stream = \"gopher\"}]\n")

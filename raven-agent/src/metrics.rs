@@ -322,3 +322,30 @@ pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_documented() {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(manifest.join("../docs/metrics.md")).unwrap();
+        let source = include_str!("metrics.rs");
+        let names: Vec<&str> = source
+            .split('"')
+            .filter(|s| {
+                s.len() > "raven_".len()
+                    && s.starts_with("raven_")
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .collect();
+        assert!(names.len() >= 10, "found {names:?}");
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|n| !doc.contains(&format!("| `{n}` |")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "metrics without a row in docs/metrics.md: {missing:?}"
+        );
+    }
+}

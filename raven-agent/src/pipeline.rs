@@ -10,7 +10,10 @@
 //! - Until the store exists, the last stage counts every record it receives
 //!   as dropped with reason `store_not_built`: visible, never silent.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context;
 use tokio::{
@@ -26,7 +29,7 @@ use crate::{
     record::Batch,
 };
 
-fn load(path: &PathBuf, overrides: &impl Fn(&mut Config)) -> anyhow::Result<Config> {
+fn load(path: &Path, overrides: &impl Fn(&mut Config)) -> anyhow::Result<Config> {
     let mut config = Config::load(path)?;
     overrides(&mut config);
     config.validate()?;

@@ -309,7 +309,7 @@ impl XdpProgram {
             }
             rows.push(row);
         }
-        rows.sort_by(|a, b| (a.exporter, a.stream).cmp(&(b.exporter, b.stream)));
+        rows.sort_by_key(|row| (row.exporter, row.stream));
         rows
     }
 }

@@ -1,0 +1,473 @@
+//! Test harness for tests that need a kernel: network namespaces, veth
+//! pairs, processes inside them, and `raven-agent tap` as the observer.
+//!
+//! Invariants:
+//! - Tests run as root (CI is root). Without root they fail loudly; they
+//!   never skip.
+//! - Every namespace, and every process started in it, is removed when its
+//!   guard drops, on failure too (Drop runs during unwinding).
+//! - Addresses are only ones inside namespaces the test made
+//!   (198.18.0.0/15, 2001:db8::/32). Every wait is bounded in time.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod frame;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use serde_json::Value;
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_raven-agent");
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test drives XDP and network namespaces and must run as root (CI does); \
+         run `sudo -E cargo xtask test`"
+    );
+}
+
+/// A short name unique to this process and call (interface names are ≤ 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+pub fn sh(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn ip(args: &[&str]) {
+    sh(Command::new("ip").args(args));
+}
+
+/// A network namespace, deleted (with every process in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        require_root();
+        let name = unique(prefix);
+        ip(&["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME args...`
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        sh(self.command(program).args(args))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets made
+    /// there stay in this namespace wherever they are used afterwards.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path).expect("open netns");
+                    // SAFETY: valid fd; CLONE_NEWNET affects only this thread.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .expect("thread in netns panicked")
+        })
+    }
+
+    pub fn udp_socket(&self, addr: &str) -> UdpSocket {
+        let addr: SocketAddr = addr.parse().unwrap();
+        self.enter(|| UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Two namespaces joined by a veth pair, with addresses on both ends:
+/// venue 198.18.0.2/24 + 2001:db8::2/64, appliance 198.18.0.1/24 + 2001:db8::1/64.
+pub struct Lab {
+    pub venue: Netns,
+    pub appliance: Netns,
+    pub venue_if: String,
+    pub appliance_if: String,
+}
+
+pub const APPLIANCE_V4: &str = "198.18.0.1";
+pub const VENUE_V4: &str = "198.18.0.2";
+pub const APPLIANCE_V6: &str = "2001:db8::1";
+pub const VENUE_V6: &str = "2001:db8::2";
+
+impl Lab {
+    pub fn new() -> Lab {
+        let venue = Netns::new("rvv");
+        let appliance = Netns::new("rva");
+        let venue_if = unique("vv");
+        let appliance_if = unique("va");
+        ip(&[
+            "link",
+            "add",
+            &venue_if,
+            "netns",
+            &venue.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &appliance_if,
+            "netns",
+            &appliance.name,
+        ]);
+        for (ns, ifname, v4, v6) in [
+            (&venue, &venue_if, VENUE_V4, VENUE_V6),
+            (&appliance, &appliance_if, APPLIANCE_V4, APPLIANCE_V6),
+        ] {
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname]);
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
+            ns.ip(&["link", "set", ifname, "up"]);
+        }
+        Lab {
+            venue,
+            appliance,
+            venue_if,
+            appliance_if,
+        }
+    }
+
+    /// A UDP socket in the venue namespace to send from.
+    pub fn sender(&self, v6: bool) -> UdpSocket {
+        self.venue.udp_socket(if v6 {
+            "[2001:db8::2]:0"
+        } else {
+            "198.18.0.2:0"
+        })
+    }
+}
+
+/// One line of `raven-agent tap` output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TapRecord {
+    pub stream: String,
+    pub src: String,
+    pub dst_port: u16,
+    pub len: u32,
+    pub caplen: usize,
+    pub truncated: bool,
+    pub via: String,
+    pub ts: String,
+    pub payload: Vec<u8>,
+}
+
+impl TapRecord {
+    fn parse(line: &str) -> TapRecord {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let text = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+                .to_string()
+        };
+        TapRecord {
+            stream: text("stream"),
+            src: text("src"),
+            dst_port: v["dst_port"].as_u64().unwrap() as u16,
+            len: v["len"].as_u64().unwrap() as u32,
+            caplen: v["caplen"].as_u64().unwrap() as usize,
+            truncated: v["truncated"].as_bool().unwrap(),
+            via: text("via"),
+            ts: text("ts"),
+            payload: base64::engine::general_purpose::STANDARD
+                .decode(text("payload_b64"))
+                .unwrap(),
+        }
+    }
+}
+
+/// A running `raven-agent tap` in a namespace.
+pub struct Tap {
+    child: Child,
+    records: mpsc::Receiver<TapRecord>,
+    stderr: std::sync::Arc<Mutex<Vec<String>>>,
+    stderr_done: Option<thread::JoinHandle<()>>,
+}
+
+impl Tap {
+    /// Starts tap with `args` and waits until it captures.
+    pub fn start(ns: &Netns, args: &[&str]) -> Tap {
+        let mut child = ns
+            .command(AGENT)
+            .arg("tap")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RAVEN_LOG", "info")
+            .spawn()
+            .expect("spawn raven-agent tap");
+        let (tx, records) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(TapRecord::parse(&line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started) = mpsc::channel();
+        let lines = stderr.clone();
+        let stderr_pipe = child.stderr.take().unwrap();
+        let stderr_done = thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"tap\":\"started\"") {
+                    let _ = started_tx.send(line.clone());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut tap = Tap {
+            child,
+            records,
+            stderr,
+            stderr_done: Some(stderr_done),
+        };
+        if started.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = tap.child.kill();
+            panic!("tap did not start:\n{}", tap.stderr_text());
+        }
+        tap
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle` (bounded).
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Collects `n` records, or what came within `timeout`.
+    pub fn take(&self, n: usize, timeout: Duration) -> Vec<TapRecord> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.records.recv_timeout(left) {
+                Ok(r) => got.push(r),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// SIGINT, wait for exit; returns the records still unread and the
+    /// `--stats` object (Null without --stats).
+    pub fn stop(mut self) -> (Vec<TapRecord>, Value) {
+        self.signal(libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "tap did not exit on SIGINT");
+            thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(done) = self.stderr_done.take() {
+            let _ = done.join();
+        }
+        let rest: Vec<TapRecord> = self.records.try_iter().collect();
+        let stats = self
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| l.contains("\"kernel\"") || l.contains("\"agent\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .unwrap_or(Value::Null);
+        (rest, stats)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads the UDP datagrams on a socket until `n` arrived or `timeout` passed.
+pub fn receive_all(socket: &UdpSocket, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65_536];
+    while got.len() < n && Instant::now() < deadline {
+        if let Ok((len, _)) = socket.recv_from(&mut buf) {
+            got.push(buf[..len].to_vec());
+        }
+    }
+    got
+}
+
+/// The UDP payloads of a pcap or pcapng file in `../shared/data`, with their
+/// destination ports, in file order.
+pub fn shared_capture(relative: &str) -> Vec<(u16, Vec<u8>)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(relative);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut push = |link: pcap_file::DataLink, data: &[u8]| {
+        let parsed = match link {
+            pcap_file::DataLink::ETHERNET => etherparse::SlicedPacket::from_ethernet(data).ok(),
+            pcap_file::DataLink::LINUX_SLL => etherparse::SlicedPacket::from_linux_sll(data).ok(),
+            _ => etherparse::SlicedPacket::from_ip(data).ok(),
+        };
+        if let Some(packet) = parsed
+            && let Some(etherparse::TransportSlice::Udp(udp)) = packet.transport
+        {
+            out.push((udp.destination_port(), udp.payload().to_vec()));
+        }
+    };
+    if let Ok(mut reader) = pcap_file::pcap::PcapReader::new(&bytes[..]) {
+        let link = reader.header().datalink;
+        while let Some(Ok(packet)) = reader.next_packet() {
+            push(link, &packet.data);
+        }
+    } else {
+        let mut reader = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).expect("pcap or pcapng");
+        let mut links = Vec::new();
+        while let Some(Ok(block)) = reader.next_block() {
+            match block {
+                pcap_file::pcapng::Block::InterfaceDescription(idb) => links.push(idb.linktype),
+                pcap_file::pcapng::Block::EnhancedPacket(epb) => {
+                    let link = links[epb.interface_id as usize];
+                    push(link, &epb.data);
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Sends raw Ethernet frames out of `ifname` in `ns` (AF_PACKET), for frames
+/// the namespace's own stack cannot make (this kernel has no 802.1Q
+/// devices: CONFIG_VLAN_8021Q is off).
+pub fn send_frames(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) {
+    let ifname = std::ffi::CString::new(ifname).unwrap();
+    ns.enter(|| {
+        // SAFETY: plain socket/bind/send calls with valid arguments.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
+            assert!(addr.sll_ifindex > 0);
+            let rc = libc::bind(
+                fd,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            for frame in frames {
+                let n = libc::send(fd, frame.as_ptr().cast(), frame.len(), 0);
+                assert_eq!(
+                    n,
+                    frame.len() as isize,
+                    "send: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    });
+}
