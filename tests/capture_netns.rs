@@ -530,3 +530,65 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+/// `lo` has no native XDP: auto mode falls back to generic (skb) mode and
+/// still captures.
+#[test]
+fn auto_mode_falls_back_to_generic_xdp_where_native_is_missing() {
+    let lab = Lab::new();
+    let tap = Tap::start(
+        &lab.appliance,
+        &["--interface", "lo", "--action", "steal", "--stats"],
+    );
+    let sender = lab.appliance.udp_socket("127.0.0.1:0");
+    sender
+        .send_to(b"<14>over loopback", ("127.0.0.1", 514))
+        .unwrap();
+    let records = tap.take(1, WAIT);
+    assert_eq!(payloads(&records), vec![b"<14>over loopback".to_vec()]);
+    assert_eq!(records[0].via, "xdp");
+    let (_, stats) = tap.stop();
+    assert_eq!(stats["mode"]["Xdp"]["lo"], "skb", "{stats}");
+}
+
+/// A listener whose receive buffer overflows: the kernel's drops are
+/// counted, so captured + counted-as-dropped = sent.
+#[test]
+fn socket_receive_buffer_overflow_is_counted() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("raven.toml");
+    std::fs::write(
+        &config,
+        "[capture]\nsocket_receive_buffer_bytes = 2048\nports = [{port = 514, stream = \"syslog\"}]\n",
+    )
+    .unwrap();
+    let tap = Tap::start(
+        &lab.appliance,
+        &[
+            "--interface",
+            &lab.appliance_if,
+            "--mode",
+            "socket",
+            "--config",
+            config.to_str().unwrap(),
+            "--stats",
+        ],
+    );
+    let sender = lab.sender(false);
+    let total = 20_000usize;
+    for i in 0..total {
+        sender
+            .send_to(format!("<14>flood {i:06}").as_bytes(), (APPLIANCE_V4, 514))
+            .unwrap();
+    }
+    let mut records = tap.take(total, Duration::from_secs(3));
+    thread::sleep(Duration::from_millis(1500));
+    let (rest, stats) = tap.stop();
+    records.extend(rest);
+    let dropped = stats["agent"]["raven_capture_socket_overflow_total{port=\"514\"}"]
+        .as_f64()
+        .unwrap_or(0.0) as usize;
+    assert!(dropped > 0, "a 2 KiB buffer did not overflow: {stats}");
+    assert_eq!(records.len() + dropped, total, "{stats}");
+}

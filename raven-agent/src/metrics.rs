@@ -23,6 +23,7 @@ pub struct Metrics {
     capture_truncated: IntCounterVec,
     capture_dropped: IntCounterVec,
     socket_errors: IntCounterVec,
+    socket_overflow: IntCounterVec,
     xdp_frames: IntCounterVec,
     xdp_matched: IntCounterVec,
     exporter_packets: IntCounterVec,
@@ -82,6 +83,12 @@ impl Metrics {
                 "raven_capture_socket_errors_total",
                 "Errors on the UDP listeners, by port and reason",
                 &["port", "reason"],
+            ),
+            socket_overflow: counter(
+                &r,
+                "raven_capture_socket_overflow_total",
+                "Datagrams the kernel dropped because a listener's receive buffer was full",
+                &["port"],
             ),
             xdp_frames: counter(
                 &r,
@@ -231,6 +238,27 @@ impl InternalEvent for SocketReceiveFailed<'_> {
             .socket_errors
             .with_label_values(&[&self.port.to_string(), self.reason])
             .inc();
+    }
+}
+
+/// The kernel dropped datagrams for a full listener receive buffer: loss
+/// Raven could not prevent, made visible.
+pub struct SocketOverflowed {
+    pub port: u16,
+    pub count: u64,
+}
+
+impl InternalEvent for SocketOverflowed {
+    fn emit(self) {
+        tracing::error!(
+            port = self.port,
+            count = self.count,
+            "receive buffer full: the kernel dropped datagrams before Raven read them"
+        );
+        metrics()
+            .socket_overflow
+            .with_label_values(&[&self.port.to_string()])
+            .inc_by(self.count);
     }
 }
 

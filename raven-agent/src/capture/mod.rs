@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::xdp::{ExporterRow, KernelCounters, XdpProgram};
 use crate::{
     config::{CaptureConfig, CaptureMode, PortAction},
-    metrics::{self, ExporterSampled, KernelCountersSampled, XdpAttachChanged},
+    metrics::{self, ExporterSampled, KernelCountersSampled, SocketOverflowed, XdpAttachChanged},
     record::{Batch, Stream},
 };
 use socket::ListenerSpec;
@@ -58,6 +58,9 @@ pub enum CaptureError {
 }
 
 struct Listener {
+    inode: u64,
+    /// Receive-buffer drops already counted.
+    drops_counted: u64,
     spec: watch::Sender<ListenerSpec>,
     cancel: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
@@ -255,7 +258,10 @@ impl CaptureEngine {
         if let Some(xdp) = &mut self.xdp {
             xdp.program.set_ports(&config.ports)?;
         }
+        let drops_now = socket::receive_buffer_drops();
         for (spec, socket) in bound {
+            let inode = socket::inode(&socket);
+            let drops_counted = drops_now.get(&inode).copied().unwrap_or(0);
             let (spec_tx, spec_rx) = watch::channel(spec);
             let cancel = CancellationToken::new();
             let task = tokio::spawn(socket::run(
@@ -264,14 +270,14 @@ impl CaptureEngine {
                 self.tx.clone(),
                 cancel.clone(),
             ));
-            self.listeners.insert(
-                spec.port,
-                Listener {
-                    spec: spec_tx,
-                    cancel,
-                    task,
-                },
-            );
+            let listener = Listener {
+                inode,
+                drops_counted,
+                spec: spec_tx,
+                cancel,
+                task,
+            };
+            self.listeners.insert(spec.port, listener);
         }
         let removed: Vec<u16> = self
             .listeners
@@ -316,6 +322,20 @@ impl CaptureEngine {
 
     /// Moves the kernel's cumulative counters into the metrics registry.
     pub fn sample_metrics(&mut self) {
+        let drops = socket::receive_buffer_drops();
+        for (&port, listener) in &mut self.listeners {
+            let now = drops
+                .get(&listener.inode)
+                .copied()
+                .unwrap_or(listener.drops_counted);
+            if now > listener.drops_counted {
+                metrics::emit(SocketOverflowed {
+                    port,
+                    count: now - listener.drops_counted,
+                });
+                listener.drops_counted = now;
+            }
+        }
         let Some(xdp) = &mut self.xdp else { return };
         let Ok(now) = xdp.program.counters() else {
             return;

@@ -87,6 +87,40 @@ fn set_receive_buffer(socket: &Socket, bytes: u32) {
     }
 }
 
+/// The socket's inode, which names it in `/proc/self/net/udp{,6}`.
+pub fn inode(socket: &std::net::UdpSocket) -> u64 {
+    // SAFETY: fstat on a valid fd into a zeroed stat.
+    unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(socket.as_raw_fd(), &mut stat) == 0 {
+            stat.st_ino
+        } else {
+            0
+        }
+    }
+}
+
+/// Datagrams the kernel dropped because a socket's receive buffer was full,
+/// by socket inode (the `drops` column of `/proc/self/net/udp{,6}`).
+pub fn receive_buffer_drops() -> std::collections::HashMap<u64, u64> {
+    let mut drops = std::collections::HashMap::new();
+    for table in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if let (Some(inode), Some(count)) = (cols.get(9), cols.last())
+                && let (Ok(inode), Ok(count)) = (inode.parse::<u64>(), count.parse::<u64>())
+            {
+                drops.insert(inode, count);
+            }
+        }
+    }
+    drops
+}
+
 /// Buffers for one `recvmmsg` call, reused across calls.
 struct RecvBuffers {
     data: Vec<u8>,
