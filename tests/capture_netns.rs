@@ -5,15 +5,9 @@
 
 mod common;
 
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    thread,
-    time::Duration,
-};
+use std::{thread, time::Duration};
 
-use common::{APPLIANCE_V4, APPLIANCE_V6, Lab, Tap, TapRecord, frame::Frame, receive_all};
+use common::{APPLIANCE_V4, APPLIANCE_V6, Agent, Lab, Tap, TapRecord, frame::Frame, receive_all};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -396,139 +390,58 @@ fn clean_detach_and_restart_after_sigkill() {
     assert_eq!(records[0].via, "xdp");
 }
 
-/// The agent's /metrics as name{labels} → value; empty while it is not up.
-fn metrics(lab: &Lab, listen: &str) -> BTreeMap<String, f64> {
-    let addr: SocketAddr = listen.parse().unwrap();
-    let text = lab.appliance.enter(|| {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: raven\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
-    });
-    text.unwrap_or_default()
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(' '))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn wait_for_metric(lab: &Lab, listen: &str, name: &str, want: f64) -> BTreeMap<String, f64> {
-    for _ in 0..100 {
-        let m = metrics(lab, listen);
-        if m.get(name).copied().unwrap_or(0.0) >= want {
-            return m;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{name} never reached {want}: {:#?}", metrics(lab, listen));
-}
-
 /// `raven-agent run`: a port added to the config file is captured after
 /// SIGHUP, without a restart; a bad file is refused and the running
 /// configuration stays.
 #[test]
 fn run_applies_a_port_added_to_the_config_without_restart() {
     let lab = Lab::new();
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("raven.toml");
-    let listen = "198.18.0.1:9184";
     let config = |ports: &str| {
         format!(
             "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\nports = [{ports}]\n\
-             [metrics]\nlisten = \"{listen}\"\n",
-            lab.appliance_if
+             [metrics]\nlisten = \"{}\"\n",
+            lab.appliance_if,
+            common::METRICS_LISTEN,
         )
     };
-    std::fs::write(&config_path, config("{port = 514, stream = \"syslog\"}")).unwrap();
-    let mut agent = lab
-        .appliance
-        .command(common::AGENT)
-        .args(["run", "--config", config_path.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let guard = KillOnDrop(&mut agent);
+    let agent = Agent::run(&lab, &config("{port = 514, stream = \"syslog\"}"), &[]);
     let captured = "raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}";
     let sender = lab.sender(false);
-    let attached = format!(
-        "raven_xdp_attached{{interface=\"{}\",mode=\"driver\"}}",
-        lab.appliance_if
-    );
-    wait_for_metric(&lab, listen, &attached, 1.0);
+    agent.wait_until_attached();
     sender.send_to(b"<14>on 514", (APPLIANCE_V4, 514)).unwrap();
     sender
         .send_to(b"<14>on 5514 before", (APPLIANCE_V4, 5514))
         .unwrap();
-    let m = wait_for_metric(&lab, listen, captured, 1.0);
+    let m = agent.wait_for_metric(captured, 1.0);
     assert_eq!(m[captured], 1.0, "5514 is not configured yet");
 
-    std::fs::write(
-        &config_path,
-        config("{port = 514, stream = \"syslog\"}, {port = 5514, stream = \"syslog\"}"),
-    )
-    .unwrap();
-    guard.signal(libc::SIGHUP);
-    thread::sleep(Duration::from_millis(500));
+    agent.rewrite_config(&config(
+        "{port = 514, stream = \"syslog\"}, {port = 5514, stream = \"syslog\"}",
+    ));
+    agent.signal(libc::SIGHUP);
+    assert!(
+        agent.wait_stderr("configuration reloaded"),
+        "{}",
+        agent.stderr()
+    );
     sender
         .send_to(b"<14>on 5514 after", (APPLIANCE_V4, 5514))
         .unwrap();
-    wait_for_metric(&lab, listen, captured, 2.0);
+    agent.wait_for_metric(captured, 2.0);
 
-    std::fs::write(&config_path, "[capture]\nsnap_length = 0\n").unwrap();
-    guard.signal(libc::SIGHUP);
-    thread::sleep(Duration::from_millis(500));
+    agent.rewrite_config("[capture]\nsnap_length = 0\n");
+    agent.signal(libc::SIGHUP);
+    assert!(
+        agent.wait_stderr("capture.snap_length"),
+        "the refusal names the key"
+    );
     sender
         .send_to(b"<14>still on 5514", (APPLIANCE_V4, 5514))
         .unwrap();
-    let m = wait_for_metric(&lab, listen, captured, 3.0);
+    let m = agent.wait_for_metric(captured, 3.0);
     assert_eq!(m[captured], 3.0);
-    guard.signal(libc::SIGTERM);
-    let status = guard.wait();
+    let status = agent.stop();
     assert!(status.success(), "SIGTERM exits cleanly: {status}");
-    let mut stderr = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        stderr.contains("capture.snap_length"),
-        "the refusal names the key:\n{stderr}"
-    );
-    assert!(stderr.contains("configuration reloaded"), "{stderr}");
-}
-
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-
-impl KillOnDrop<'_> {
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.0.id() as i32, signal) };
-    }
-
-    fn wait(self) -> std::process::ExitStatus {
-        for _ in 0..200 {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        panic!("agent did not exit");
-    }
-}
-
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `lo` has no native XDP: auto mode falls back to generic (skb) mode and

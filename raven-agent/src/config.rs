@@ -22,6 +22,15 @@ use crate::record::Stream;
 pub struct Config {
     pub capture: CaptureConfig,
     pub metrics: MetricsConfig,
+    pub service: ServiceConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// After XDP is attached and the sockets are bound, run as this user,
+    /// keeping only the capabilities running needs. Empty: stay as started.
+    pub user: String,
 }
 
 /// How datagrams are taken off the wire.
@@ -337,7 +346,7 @@ mod tests {
             &toml::Value::try_from(Config::default()).unwrap(),
             &mut keys,
         );
-        let tables = ["capture", "metrics"];
+        let tables = ["capture", "metrics", "service"];
         let missing: Vec<_> = keys
             .iter()
             .filter(|k| !tables.contains(&k.as_str()))

@@ -6,5 +6,6 @@ pub mod capture;
 pub mod config;
 pub mod metrics;
 pub mod pipeline;
+pub mod privilege;
 pub mod record;
 pub mod tap;

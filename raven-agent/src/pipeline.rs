@@ -26,6 +26,7 @@ use crate::{
     api,
     capture::{CaptureEngine, ring::count_lost},
     config::Config,
+    privilege,
     record::Batch,
 };
 
@@ -46,6 +47,7 @@ async fn consume(mut rx: mpsc::Receiver<Batch>) {
 pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Result<()> {
     let mut config = load(&path, &overrides)
         .with_context(|| format!("refusing to start with {}", path.display()))?;
+    privilege::check(&config)?;
     let cancel = CancellationToken::new();
     let metrics_task = match config.metrics.listen.parse() {
         Ok(listen) => Some(
@@ -58,6 +60,10 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     let (tx, rx) = mpsc::channel(256);
     let consumer = tokio::spawn(consume(rx));
     let mut engine = CaptureEngine::start(&config.capture, tx).await?;
+    if !config.service.user.is_empty() {
+        let kept = privilege::drop_to_user(&config.service.user)?;
+        tracing::info!(user = %config.service.user, ?kept, "dropped privileges");
+    }
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

@@ -168,6 +168,9 @@ pub fn rfc3339(time: SystemTime) -> String {
 
 pub async fn run(args: TapArgs) -> anyhow::Result<()> {
     let config = capture_config(&args)?;
+    if matches!(args.mode, TapMode::Driver | TapMode::Skb) {
+        crate::privilege::check(&config)?;
+    }
     let (tx, mut rx) = mpsc::channel(64);
     let mut engine = CaptureEngine::start(&config.capture, tx).await?;
     if args.mode != TapMode::Socket

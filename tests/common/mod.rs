@@ -13,8 +13,9 @@
 pub mod frame;
 
 use std::{
-    io::{BufRead, BufReader},
-    net::{SocketAddr, UdpSocket},
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     path::Path,
     process::{Child, Command, Output, Stdio},
@@ -470,4 +471,166 @@ pub fn send_frames(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) {
             libc::close(fd);
         }
     });
+}
+
+/// Where tests make `raven-agent run` serve /metrics: the appliance side.
+pub const METRICS_LISTEN: &str = "198.18.0.1:9184";
+
+/// A running `raven-agent run` in the lab's appliance namespace, killed on
+/// drop; its config file lives in a temporary directory.
+pub struct Agent<'a> {
+    lab: &'a Lab,
+    child: Child,
+    pub dir: tempfile::TempDir,
+    stderr: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl<'a> Agent<'a> {
+    /// Starts `[wrapper...] raven-agent run --config <config>` (the wrapper
+    /// is e.g. `setpriv ...`).
+    pub fn run(lab: &'a Lab, config: &str, wrapper: &[&str]) -> Agent<'a> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raven.toml");
+        std::fs::write(&path, config).unwrap();
+        // An unprivileged run must be able to read the config and execute the
+        // binary, wherever the checkout is (it may sit under a 0700 home).
+        let agent = if wrapper.is_empty() {
+            std::path::PathBuf::from(AGENT)
+        } else {
+            let copy = dir.path().join("raven-agent");
+            std::fs::copy(AGENT, &copy).unwrap();
+            copy
+        };
+        sh(Command::new("chmod").args(["-R", "a+rX"]).arg(dir.path()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.appliance.name])
+            .args(wrapper);
+        let mut child = cmd
+            .arg(agent)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn raven-agent run");
+        let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Agent {
+            lab,
+            child,
+            dir,
+            stderr,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.stderr().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(self.dir.path().join("raven.toml"), config).unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// The agent's /metrics as name{labels} → value; empty while it is not up.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let addr: SocketAddr = METRICS_LISTEN.parse().unwrap();
+        let text = self.lab.appliance.enter(|| {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.0\r\nHost: raven\r\n\r\n")
+                .ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).ok()?;
+            Some(text)
+        });
+        text.unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(' '))
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Polls /metrics (bounded) until `name` reaches `want`.
+    pub fn wait_for_metric(&self, name: &str, want: f64) -> BTreeMap<String, f64> {
+        for _ in 0..100 {
+            let m = self.metrics();
+            if m.get(name).copied().unwrap_or(0.0) >= want {
+                return m;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{name} never reached {want}: {:#?}\n{}",
+            self.metrics(),
+            self.stderr()
+        );
+    }
+
+    pub fn wait_until_attached(&self) {
+        let name = format!(
+            "raven_xdp_attached{{interface=\"{}\",mode=\"driver\"}}",
+            self.lab.appliance_if
+        );
+        self.wait_for_metric(&name, 1.0);
+    }
+}
+
+impl Drop for Agent<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
