@@ -23,15 +23,8 @@ fn main() {
     let workspace = manifest_dir.parent().unwrap();
     let ebpf_dir = workspace.join("raven-ebpf");
     let target_dir = workspace.join("target").join("ebpf");
-    for watched in [
-        "raven-ebpf/src",
-        "raven-ebpf/Cargo.toml",
-        "raven-common/src",
-    ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+    for watched in ["raven-ebpf/src", "raven-ebpf/Cargo.toml", "raven-common/src"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
 
     // A clean environment: the outer build's RUSTC, RUSTFLAGS, CARGO_* and
@@ -49,9 +42,7 @@ fn main() {
         .arg(ebpf_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run rustup: {e}"));
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run rustup: {e}"));
     if !status.success() {
         panic!(
             "building the XDP program failed ({status}). On a fresh machine run \

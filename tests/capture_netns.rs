@@ -43,10 +43,7 @@ fn logger_rfc3164_and_rfc5424_over_ipv4_and_ipv6_tee_matches_the_host_socket() {
     ] {
         for i in 0..5 {
             let message = format!("raven test {format} to {dst} line {i}");
-            lab.venue.run(
-                "logger",
-                &["--udp", "-n", dst, "-P", "514", format, &message],
-            );
+            lab.venue.run("logger", &["--udp", "-n", dst, "-P", "514", format, &message]);
             sent += 1;
         }
     }
@@ -54,32 +51,17 @@ fn logger_rfc3164_and_rfc5424_over_ipv4_and_ipv6_tee_matches_the_host_socket() {
     let host = receive_all(&host_collector, sent, WAIT);
     assert_eq!(records.len(), sent, "records captured");
     assert_eq!(host.len(), sent, "tee passes every datagram to the host");
-    assert_eq!(
-        sorted(payloads(&records)),
-        sorted(host),
-        "captured bytes = delivered bytes"
-    );
+    assert_eq!(sorted(payloads(&records)), sorted(host), "captured bytes = delivered bytes");
     for r in &records {
-        assert_eq!(
-            (r.stream.as_str(), r.via.as_str(), r.dst_port),
-            ("syslog", "xdp", 514)
-        );
+        assert_eq!((r.stream.as_str(), r.via.as_str(), r.dst_port), ("syslog", "xdp", 514));
         assert_eq!(r.len as usize, r.payload.len());
         assert!(!r.truncated);
     }
-    let v6 = records
-        .iter()
-        .filter(|r| r.src.starts_with("[2001:db8::2]"))
-        .count();
-    let v4 = records
-        .iter()
-        .filter(|r| r.src.starts_with("198.18.0.2:"))
-        .count();
+    let v6 = records.iter().filter(|r| r.src.starts_with("[2001:db8::2]")).count();
+    let v4 = records.iter().filter(|r| r.src.starts_with("198.18.0.2:")).count();
     assert_eq!((v4, v6), (10, 10));
-    let rfc5424 = records
-        .iter()
-        .filter(|r| r.payload.windows(9).any(|w| w == b"--rfc5424"))
-        .count();
+    let rfc5424 =
+        records.iter().filter(|r| r.payload.windows(9).any(|w| w == b"--rfc5424")).count();
     assert_eq!(rfc5424, 10);
 }
 
@@ -90,9 +72,8 @@ fn steal_mode_takes_every_datagram_from_the_host() {
     let host_collector = lab.appliance.udp_socket("[::]:514");
     let tap = tap(&lab, &["--action", "steal", "--stats"]);
     let sender = lab.sender(false);
-    let sent: Vec<Vec<u8>> = (0..200)
-        .map(|i| format!("<14>steal test datagram {i:04}").into_bytes())
-        .collect();
+    let sent: Vec<Vec<u8>> =
+        (0..200).map(|i| format!("<14>steal test datagram {i:04}").into_bytes()).collect();
     for p in &sent {
         sender.send_to(p, (APPLIANCE_V4, 514)).unwrap();
     }
@@ -196,28 +177,13 @@ fn netflow_ipfix_and_sflow_captures_replay_unchanged() {
     let lab = Lab::new();
     let tap = tap(&lab, &["--action", "steal"]);
     let files = [
-        (
-            "akvorado/outlet/flow/decoder/netflow/testdata/nfv5.pcap",
-            2055,
-        ),
-        (
-            "akvorado/outlet/flow/decoder/netflow/testdata/template.pcap",
-            2055,
-        ),
-        (
-            "akvorado/outlet/flow/decoder/netflow/testdata/data.pcap",
-            2055,
-        ),
+        ("akvorado/outlet/flow/decoder/netflow/testdata/nfv5.pcap", 2055),
+        ("akvorado/outlet/flow/decoder/netflow/testdata/template.pcap", 2055),
+        ("akvorado/outlet/flow/decoder/netflow/testdata/data.pcap", 2055),
         ("akvorado/pcap/ipfix_v10_with_mpls_labels.pcap", 4739),
-        (
-            "akvorado/outlet/flow/decoder/netflow/testdata/ipfixprobe-templates.pcap",
-            4739,
-        ),
+        ("akvorado/outlet/flow/decoder/netflow/testdata/ipfixprobe-templates.pcap", 4739),
         ("nDPI/tests/cfgs/default/pcap/sflow.pcap", 6343),
-        (
-            "akvorado/outlet/flow/decoder/sflow/testdata/data-1140.pcap",
-            6343,
-        ),
+        ("akvorado/outlet/flow/decoder/sflow/testdata/data-1140.pcap", 6343),
     ];
     let mut sent = send_captures(&lab, &files, false);
     sent.extend(send_captures(&lab, &files[..2], true));
@@ -247,11 +213,8 @@ fn vlan_and_qinq_tagged_datagrams_are_captured() {
     for (vlans, label) in [(vec![0x8100], "dot1q"), (vec![0x88a8, 0x8100], "qinq")] {
         for i in 0..10 {
             let payload = format!("<30>{label} tagged line {i}").into_bytes();
-            let mut frame = if i % 2 == 0 {
-                Frame::v4(514, &payload)
-            } else {
-                Frame::v6(514, &payload)
-            };
+            let mut frame =
+                if i % 2 == 0 { Frame::v4(514, &payload) } else { Frame::v6(514, &payload) };
             frame.vlans = vlans.clone();
             frames.push(frame.build().0);
             sent.push(payload);
@@ -261,10 +224,7 @@ fn vlan_and_qinq_tagged_datagrams_are_captured() {
     let records = tap.take(sent.len(), WAIT);
     assert_eq!(payloads(&records), sent);
     assert!(records.iter().all(|r| r.via == "xdp"), "{records:?}");
-    let v6 = records
-        .iter()
-        .filter(|r| r.src.starts_with("[2001:db8::10]:"))
-        .count();
+    let v6 = records.iter().filter(|r| r.src.starts_with("[2001:db8::10]:")).count();
     assert_eq!(v6, 10);
 }
 
@@ -274,32 +234,21 @@ fn vlan_and_qinq_tagged_datagrams_are_captured() {
 #[test]
 fn ring_overflow_falls_back_to_the_socket_without_loss() {
     let lab = Lab::new();
-    let tap = tap(
-        &lab,
-        &["--action", "steal", "--ring-bytes", "4096", "--stats"],
-    );
+    let tap = tap(&lab, &["--action", "steal", "--ring-bytes", "4096", "--stats"]);
     let sender = lab.sender(false);
     let total = 5000usize;
-    let sent: Vec<Vec<u8>> = (0..total)
-        .map(|i| format!("<14>overflow burst datagram {i:06}").into_bytes())
-        .collect();
+    let sent: Vec<Vec<u8>> =
+        (0..total).map(|i| format!("<14>overflow burst datagram {i:06}").into_bytes()).collect();
     for p in &sent {
         sender.send_to(p, (APPLIANCE_V4, 514)).unwrap();
     }
     let mut records = tap.take(total, Duration::from_secs(20));
     let (rest, stats) = tap.stop();
     records.extend(rest);
-    assert_eq!(
-        sorted(payloads(&records)),
-        sorted(sent.clone()),
-        "none lost, none twice"
-    );
+    assert_eq!(sorted(payloads(&records)), sorted(sent.clone()), "none lost, none twice");
     let via_socket = records.iter().filter(|r| r.via == "socket").count() as u64;
     let via_xdp = records.iter().filter(|r| r.via == "xdp").count() as u64;
-    assert!(
-        via_socket > 0,
-        "the burst did not overflow a one-page ring: {stats}"
-    );
+    assert!(via_socket > 0, "the burst did not overflow a one-page ring: {stats}");
     assert_eq!(stats["kernel"]["ring_full_passed"], via_socket, "{stats}");
     assert_eq!(stats["kernel"]["matched"]["syslog"], via_xdp, "{stats}");
     assert_eq!(stats["exporters"][0]["ring_full"], via_socket, "{stats}");
@@ -323,47 +272,29 @@ fn fragmented_datagrams_arrive_complete_through_the_socket() {
     }
     let records = tap.take(sent.len(), WAIT);
     assert_eq!(sorted(payloads(&records)), sorted(sent));
-    assert!(
-        records
-            .iter()
-            .all(|r| r.via == "socket" && r.stream == "netflow" && !r.truncated)
-    );
+    assert!(records.iter().all(|r| r.via == "socket" && r.stream == "netflow" && !r.truncated));
     let (_, stats) = tap.stop();
     let fragments = stats["kernel"]["fragment_passed"].as_u64().unwrap();
-    assert!(
-        fragments >= 6 * 3,
-        "each datagram is ≥ 3 fragments: {stats}"
-    );
+    assert!(fragments >= 6 * 3, "each datagram is ≥ 3 fragments: {stats}");
 }
 
 /// Socket-only mode captures the same traffic without XDP.
 #[test]
 fn socket_mode_captures_without_xdp() {
     let lab = Lab::new();
-    let tap = Tap::start(
-        &lab.appliance,
-        &["--interface", &lab.appliance_if, "--mode", "socket"],
-    );
+    let tap = Tap::start(&lab.appliance, &["--interface", &lab.appliance_if, "--mode", "socket"]);
     let sender = lab.sender(true);
-    let sent: Vec<Vec<u8>> = (0..50)
-        .map(|i| format!("<13>socket {i}").into_bytes())
-        .collect();
+    let sent: Vec<Vec<u8>> = (0..50).map(|i| format!("<13>socket {i}").into_bytes()).collect();
     for p in &sent {
         sender.send_to(p, (APPLIANCE_V6, 514)).unwrap();
     }
     let records = tap.take(sent.len(), WAIT);
     assert_eq!(payloads(&records), sent);
-    assert!(
-        records
-            .iter()
-            .all(|r| r.via == "socket" && r.src.starts_with("[2001:db8::2]:"))
-    );
+    assert!(records.iter().all(|r| r.via == "socket" && r.src.starts_with("[2001:db8::2]:")));
 }
 
 fn xdp_attached(lab: &Lab) -> bool {
-    let out = lab
-        .appliance
-        .run("ip", &["link", "show", "dev", &lab.appliance_if]);
+    let out = lab.appliance.run("ip", &["link", "show", "dev", &lab.appliance_if]);
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
@@ -382,9 +313,7 @@ fn clean_detach_and_restart_after_sigkill() {
     drop(killed);
     let again = tap(&lab, &["--action", "steal"]);
     let sender = lab.sender(false);
-    sender
-        .send_to(b"<14>after restart", (APPLIANCE_V4, 514))
-        .unwrap();
+    sender.send_to(b"<14>after restart", (APPLIANCE_V4, 514)).unwrap();
     let records = again.take(1, WAIT);
     assert_eq!(payloads(&records), vec![b"<14>after restart".to_vec()]);
     assert_eq!(records[0].via, "xdp");
@@ -399,7 +328,7 @@ fn run_applies_a_port_added_to_the_config_without_restart() {
     let config = |ports: &str| {
         format!(
             "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\nports = [{ports}]\n\
-             [metrics]\nlisten = \"{}\"\n",
+             [api]\nlisten = \"{}\"\n",
             lab.appliance_if,
             common::METRICS_LISTEN,
         )
@@ -409,9 +338,7 @@ fn run_applies_a_port_added_to_the_config_without_restart() {
     let sender = lab.sender(false);
     agent.wait_until_attached();
     sender.send_to(b"<14>on 514", (APPLIANCE_V4, 514)).unwrap();
-    sender
-        .send_to(b"<14>on 5514 before", (APPLIANCE_V4, 5514))
-        .unwrap();
+    sender.send_to(b"<14>on 5514 before", (APPLIANCE_V4, 5514)).unwrap();
     let m = agent.wait_for_metric(captured, 1.0);
     assert_eq!(m[captured], 1.0, "5514 is not configured yet");
 
@@ -419,25 +346,14 @@ fn run_applies_a_port_added_to_the_config_without_restart() {
         "{port = 514, stream = \"syslog\"}, {port = 5514, stream = \"syslog\"}",
     ));
     agent.signal(libc::SIGHUP);
-    assert!(
-        agent.wait_stderr("configuration reloaded"),
-        "{}",
-        agent.stderr()
-    );
-    sender
-        .send_to(b"<14>on 5514 after", (APPLIANCE_V4, 5514))
-        .unwrap();
+    assert!(agent.wait_stderr("configuration reloaded"), "{}", agent.stderr());
+    sender.send_to(b"<14>on 5514 after", (APPLIANCE_V4, 5514)).unwrap();
     agent.wait_for_metric(captured, 2.0);
 
     agent.rewrite_config("[capture]\nsnap_length = 0\n");
     agent.signal(libc::SIGHUP);
-    assert!(
-        agent.wait_stderr("capture.snap_length"),
-        "the refusal names the key"
-    );
-    sender
-        .send_to(b"<14>still on 5514", (APPLIANCE_V4, 5514))
-        .unwrap();
+    assert!(agent.wait_stderr("capture.snap_length"), "the refusal names the key");
+    sender.send_to(b"<14>still on 5514", (APPLIANCE_V4, 5514)).unwrap();
     let m = agent.wait_for_metric(captured, 3.0);
     assert_eq!(m[captured], 3.0);
     let status = agent.stop();
@@ -449,14 +365,9 @@ fn run_applies_a_port_added_to_the_config_without_restart() {
 #[test]
 fn auto_mode_falls_back_to_generic_xdp_where_native_is_missing() {
     let lab = Lab::new();
-    let tap = Tap::start(
-        &lab.appliance,
-        &["--interface", "lo", "--action", "steal", "--stats"],
-    );
+    let tap = Tap::start(&lab.appliance, &["--interface", "lo", "--action", "steal", "--stats"]);
     let sender = lab.appliance.udp_socket("127.0.0.1:0");
-    sender
-        .send_to(b"<14>over loopback", ("127.0.0.1", 514))
-        .unwrap();
+    sender.send_to(b"<14>over loopback", ("127.0.0.1", 514)).unwrap();
     let records = tap.take(1, WAIT);
     assert_eq!(payloads(&records), vec![b"<14>over loopback".to_vec()]);
     assert_eq!(records[0].via, "xdp");
@@ -491,9 +402,7 @@ fn socket_receive_buffer_overflow_is_counted() {
     let sender = lab.sender(false);
     let total = 20_000usize;
     for i in 0..total {
-        sender
-            .send_to(format!("<14>flood {i:06}").as_bytes(), (APPLIANCE_V4, 514))
-            .unwrap();
+        sender.send_to(format!("<14>flood {i:06}").as_bytes(), (APPLIANCE_V4, 514)).unwrap();
     }
     let mut records = tap.take(total, Duration::from_secs(3));
     thread::sleep(Duration::from_millis(1500));

@@ -13,7 +13,7 @@ fn config(lab: &Lab, extra: &str) -> String {
     format!(
         "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\n\
          ports = [{{port = 514, stream = \"syslog\"}}]\n\
-         [metrics]\nlisten = \"{METRICS_LISTEN}\"\n{extra}",
+         [api]\nlisten = \"{METRICS_LISTEN}\"\n{extra}",
         lab.appliance_if
     )
 }
@@ -34,13 +34,8 @@ fn as_nobody_with(caps: &[&str]) -> Vec<String> {
 
 fn capture_one(lab: &Lab, agent: &Agent) {
     agent.wait_until_attached();
-    lab.sender(false)
-        .send_to(b"<14>least privilege", (APPLIANCE_V4, 514))
-        .unwrap();
-    agent.wait_for_metric(
-        "raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}",
-        1.0,
-    );
+    lab.sender(false).send_to(b"<14>least privilege", (APPLIANCE_V4, 514)).unwrap();
+    agent.wait_for_metric("raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}", 1.0);
 }
 
 #[test]
@@ -65,9 +60,7 @@ fn each_missing_capability_refuses_the_start_and_is_named() {
         assert!(!status.success(), "started without {missing}");
         let name = format!("CAP_{}", missing.to_uppercase());
         assert!(
-            agent
-                .stderr()
-                .contains(&format!("missing capability {name}")),
+            agent.stderr().contains(&format!("missing capability {name}")),
             "the refusal names {name}:\n{}",
             agent.stderr()
         );
@@ -79,41 +72,18 @@ fn service_user_drops_privileges_after_start_and_keeps_capturing() {
     let lab = Lab::new();
     let agent = Agent::run(&lab, &config(&lab, "[service]\nuser = \"nobody\"\n"), &[]);
     capture_one(&lab, &agent);
-    assert!(
-        agent.wait_stderr("dropped privileges"),
-        "{}",
-        agent.stderr()
-    );
+    assert!(agent.wait_stderr("dropped privileges"), "{}", agent.stderr());
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
     let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap()
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
+        status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap()
     };
     assert_eq!(field("Uid:"), "65534", "{status}");
     // CAP_NET_ADMIN (12), CAP_NET_BIND_SERVICE (10), CAP_NET_RAW (13).
     let kept = (1u64 << 12) | (1 << 10) | (1 << 13);
-    assert_eq!(
-        u64::from_str_radix(field("CapEff:"), 16).unwrap(),
-        kept,
-        "{status}"
-    );
-    assert_eq!(
-        u64::from_str_radix(field("CapPrm:"), 16).unwrap(),
-        kept,
-        "{status}"
-    );
+    assert_eq!(u64::from_str_radix(field("CapEff:"), 16).unwrap(), kept, "{status}");
+    assert_eq!(u64::from_str_radix(field("CapPrm:"), 16).unwrap(), kept, "{status}");
     // Still capturing after the drop: the ring and maps live on open fds.
-    lab.sender(true)
-        .send_to(b"<14>after drop", ("2001:db8::1", 514))
-        .unwrap();
-    agent.wait_for_metric(
-        "raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}",
-        2.0,
-    );
+    lab.sender(true).send_to(b"<14>after drop", ("2001:db8::1", 514)).unwrap();
+    agent.wait_for_metric("raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}", 2.0);
     assert!(agent.stop().success());
 }

@@ -33,21 +33,11 @@ fn fixture(ring_bytes: u32) -> Fixture {
         XdpProgram::load(ring_bytes).expect("the verifier accepts the program");
     program
         .set_ports(&[
-            PortConfig {
-                port: SYSLOG,
-                stream: Stream::Syslog,
-                action: PortAction::Steal,
-            },
-            PortConfig {
-                port: NETFLOW_TEE,
-                stream: Stream::Netflow,
-                action: PortAction::Tee,
-            },
+            PortConfig { port: SYSLOG, stream: Stream::Syslog, action: PortAction::Steal },
+            PortConfig { port: NETFLOW_TEE, stream: Stream::Netflow, action: PortAction::Tee },
         ])
         .unwrap();
-    program
-        .set_snap_length(raven_common::MAX_SNAP_LEN as u32)
-        .unwrap();
+    program.set_snap_length(raven_common::MAX_SNAP_LEN as u32).unwrap();
     Fixture { program, ring }
 }
 
@@ -57,16 +47,8 @@ impl Fixture {
     }
 
     fn run_repeat(&self, frame: &[u8], repeat: u32) -> u32 {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat,
-            ..Default::default()
-        };
-        self.program
-            .program()
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        let opts = TestRunOptions { data_in: Some(frame), repeat, ..Default::default() };
+        self.program.program().test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
     }
 
     /// Every record now in the ring: (entry size, header, payload).
@@ -122,20 +104,13 @@ fn ipv4_syslog_is_copied_and_stolen() {
     let records = fx.drain();
     assert_eq!(records.len(), 1);
     let (size, h, payload) = &records[0];
-    assert_eq!(
-        *size,
-        HEADER_LEN + raven_common::PAYLOAD_CLASSES[0],
-        "smallest size class"
-    );
+    assert_eq!(*size, HEADER_LEN + raven_common::PAYLOAD_CLASSES[0], "smallest size class");
     assert_eq!(payload, LINE);
     assert_eq!(&h.src_addr[..4], &SRC4.octets());
     assert_eq!(&h.dst_addr[..4], &DST4.octets());
     assert_eq!((h.src_port, h.dst_port), (40000, SYSLOG));
     assert_eq!(h.stream, Stream::Syslog.id());
-    assert_eq!(
-        (h.wire_len, h.cap_len),
-        (LINE.len() as u32, LINE.len() as u32)
-    );
+    assert_eq!((h.wire_len, h.cap_len), (LINE.len() as u32, LINE.len() as u32));
     assert_eq!(h.flags, 0);
     assert!(h.boot_time_ns > 0);
     let c = fx.counters();
@@ -144,10 +119,7 @@ fn ipv4_syslog_is_copied_and_stolen() {
     let exporters = fx.program.exporters();
     assert_eq!(exporters.len(), 1);
     assert_eq!(exporters[0].exporter, std::net::IpAddr::V4(SRC4));
-    assert_eq!(
-        (exporters[0].packets, exporters[0].bytes),
-        (1, LINE.len() as u64)
-    );
+    assert_eq!((exporters[0].packets, exporters[0].bytes), (1, LINE.len() as u64));
 }
 
 #[test]
@@ -155,10 +127,7 @@ fn ipv4_with_options_is_parsed_past_the_options() {
     let mut fx = fixture(1 << 20);
     let mut frame = Frame::v4(SYSLOG, LINE);
     // Record-route style option padding: IHL 8 (12 option bytes).
-    frame.ip = Ip::V4 {
-        options: vec![1; 12],
-        fragment: 0,
-    };
+    frame.ip = Ip::V4 { options: vec![1; 12], fragment: 0 };
     assert_eq!(fx.run(&frame.build().0), XDP_DROP);
     let records = fx.drain();
     assert_eq!(records.len(), 1);
@@ -205,10 +174,7 @@ fn one_and_two_vlan_tags_are_parsed() {
 fn tee_port_is_copied_and_passed() {
     let mut fx = fixture(1 << 20);
     let payload = [0u8, 9, 0, 1, 2, 3, 4, 5];
-    assert_eq!(
-        fx.run(&Frame::v4(NETFLOW_TEE, &payload).build().0),
-        XDP_PASS
-    );
+    assert_eq!(fx.run(&Frame::v4(NETFLOW_TEE, &payload).build().0), XDP_PASS);
     let records = fx.drain();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].1.flags & flags::TEE, flags::TEE);
@@ -243,20 +209,11 @@ fn first_and_later_fragments_pass_to_the_kernel() {
     let more_fragments = 0x2000;
     for fragment in [more_fragments, more_fragments | 185, 185] {
         let mut frame = Frame::v4(SYSLOG, LINE);
-        frame.ip = Ip::V4 {
-            options: vec![],
-            fragment,
-        };
-        assert_eq!(
-            fx.run(&frame.build().0),
-            XDP_PASS,
-            "fragment field {fragment:#x}"
-        );
+        frame.ip = Ip::V4 { options: vec![], fragment };
+        assert_eq!(fx.run(&frame.build().0), XDP_PASS, "fragment field {fragment:#x}");
     }
     let mut v6 = Frame::v6(SYSLOG, LINE);
-    v6.ip = Ip::V6 {
-        extension: Some(44),
-    };
+    v6.ip = Ip::V6 { extension: Some(44) };
     assert_eq!(fx.run(&v6.build().0), XDP_PASS);
     assert_only(&fx.counters(), "fragment_passed", 4);
     assert!(fx.drain().is_empty());
@@ -268,10 +225,7 @@ fn frames_cut_at_every_header_boundary_pass_as_malformed() {
     for vlans in [vec![], vec![0x88a8, 0x8100]] {
         let mut v4 = Frame::v4(SYSLOG, LINE);
         v4.vlans = vlans.clone();
-        v4.ip = Ip::V4 {
-            options: vec![1; 4],
-            fragment: 0,
-        };
+        v4.ip = Ip::V4 { options: vec![1; 4], fragment: 0 };
         let mut v6 = Frame::v6(SYSLOG, LINE);
         v6.vlans = vlans;
         v6.ip = Ip::V6 { extension: Some(0) };
@@ -324,11 +278,7 @@ fn payload_longer_than_the_snap_length_is_cut_and_flagged() {
     assert_eq!(payload, &long[..100]);
     assert_eq!((h.wire_len, h.cap_len), (1500, 100));
     assert_eq!(h.flags & flags::TRUNCATED, flags::TRUNCATED);
-    assert_eq!(
-        *size,
-        HEADER_LEN + raven_common::PAYLOAD_CLASSES[0],
-        "class by copied length"
-    );
+    assert_eq!(*size, HEADER_LEN + raven_common::PAYLOAD_CLASSES[0], "class by copied length");
     assert_eq!(fx.counters().truncated, 1);
 }
 
@@ -340,19 +290,12 @@ fn each_size_class_holds_its_largest_payload_exactly() {
     let sizes = [1, 192, 193, 448, 449, 960, 961, 1984, 1985, 3000];
     for &n in &sizes {
         let payload: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
-        assert_eq!(
-            fx.run(&Frame::v4(SYSLOG, &payload).build().0),
-            XDP_DROP,
-            "payload {n}"
-        );
+        assert_eq!(fx.run(&Frame::v4(SYSLOG, &payload).build().0), XDP_DROP, "payload {n}");
         let records = fx.drain();
         let (size, h, copied) = &records[0];
         assert_eq!(copied, &payload, "payload {n}");
         assert_eq!(h.cap_len as usize, n);
-        let class = raven_common::PAYLOAD_CLASSES
-            .iter()
-            .find(|&&c| c >= n)
-            .unwrap();
+        let class = raven_common::PAYLOAD_CLASSES.iter().find(|&&c| c >= n).unwrap();
         assert_eq!(*size, HEADER_LEN + class, "payload {n}");
     }
 }
@@ -362,10 +305,7 @@ fn a_full_ring_passes_datagrams_to_the_kernel_and_counts_them() {
     // One page of ring: fifteen 256-byte entries (plus their 8-byte headers).
     let mut fx = fixture(4096);
     let sent = 40;
-    assert_eq!(
-        fx.run_repeat(&Frame::v4(SYSLOG, LINE).build().0, sent),
-        XDP_PASS
-    );
+    assert_eq!(fx.run_repeat(&Frame::v4(SYSLOG, LINE).build().0, sent), XDP_PASS);
     let c = fx.counters();
     let copied = fx.drain().len() as u64;
     assert!(c.ring_full_passed > 0, "{c:?}");
@@ -379,17 +319,9 @@ fn ports_can_be_changed_while_loaded() {
     let mut fx = fixture(1 << 20);
     assert_eq!(fx.run(&Frame::v4(5514, LINE).build().0), XDP_PASS);
     fx.program
-        .set_ports(&[PortConfig {
-            port: 5514,
-            stream: Stream::Syslog,
-            action: PortAction::Steal,
-        }])
+        .set_ports(&[PortConfig { port: 5514, stream: Stream::Syslog, action: PortAction::Steal }])
         .unwrap();
     assert_eq!(fx.run(&Frame::v4(5514, LINE).build().0), XDP_DROP);
-    assert_eq!(
-        fx.run(&Frame::v4(SYSLOG, LINE).build().0),
-        XDP_PASS,
-        "514 was removed"
-    );
+    assert_eq!(fx.run(&Frame::v4(SYSLOG, LINE).build().0), XDP_PASS, "514 was removed");
     assert_eq!(fx.drain().len(), 1);
 }

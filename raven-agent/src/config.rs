@@ -21,7 +21,7 @@ use crate::record::Stream;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureConfig,
-    pub metrics: MetricsConfig,
+    pub api: ApiConfig,
     pub service: ServiceConfig,
 }
 
@@ -132,15 +132,27 @@ impl CaptureConfig {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Where `GET /metrics` is served; empty disables it.
+pub struct ApiConfig {
+    /// Where the REST API, `/metrics` and the status page are served;
+    /// empty disables the listener.
     pub listen: String,
+    /// File with the valid bearer tokens, one per line (several at once, so
+    /// a token can be rotated without downtime). `RAVEN_API_TOKENS`
+    /// (comma-separated) adds more.
+    pub tokens_file: String,
+    /// Paths answered without a token.
+    pub open_paths: Vec<String>,
+    /// Serve the status page (read-only) without a token.
+    pub status_page_public: bool,
 }
 
-impl Default for MetricsConfig {
+impl Default for ApiConfig {
     fn default() -> Self {
-        MetricsConfig {
+        ApiConfig {
             listen: "127.0.0.1:9184".to_string(),
+            tokens_file: String::new(),
+            open_paths: ["/healthz", "/readyz", "/metrics"].map(String::from).to_vec(),
+            status_page_public: false,
         }
     }
 }
@@ -156,10 +168,7 @@ pub struct Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
     #[error("invalid configuration: {}", format_problems(.0))]
@@ -167,24 +176,17 @@ pub enum ConfigError {
 }
 
 fn format_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("{}: {}", p.key, p.reason))
-        .collect::<Vec<_>>()
-        .join("; ")
+    problems.iter().map(|p| format!("{}: {}", p.key, p.reason)).collect::<Vec<_>>().join("; ")
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
-                path: path.display().to_string(),
-                message,
-            },
+            ConfigError::Syntax { message, .. } => {
+                ConfigError::Syntax { path: path.display().to_string(), message }
+            }
             other => other,
         })
     }
@@ -200,20 +202,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let mut problem = |key: String, reason: &str| {
-            problems.push(Problem {
-                key,
-                reason: reason.to_string(),
-            })
-        };
+        let mut problem =
+            |key: String, reason: &str| problems.push(Problem { key, reason: reason.to_string() });
         let c = &self.capture;
         let mut seen = BTreeSet::new();
         for (i, rule) in c.ports.iter().enumerate() {
             if rule.port == 0 {
-                problem(
-                    format!("capture.ports[{i}].port"),
-                    "port 0 cannot be captured",
-                );
+                problem(format!("capture.ports[{i}].port"), "port 0 cannot be captured");
             }
             if !seen.insert(rule.port) {
                 problem(format!("capture.ports[{i}].port"), "port listed twice");
@@ -226,41 +221,34 @@ impl Config {
             );
         }
         if c.ring_bytes < 4096 || !c.ring_bytes.is_power_of_two() {
-            problem(
-                "capture.ring_bytes".into(),
-                "must be a power of two of at least 4096 bytes",
-            );
+            problem("capture.ring_bytes".into(), "must be a power of two of at least 4096 bytes");
         }
         if c.poll_interval_ms == 0 || c.poll_interval_ms > 1000 {
-            problem(
-                "capture.poll_interval_ms".into(),
-                "must be between 1 and 1000 ms",
-            );
+            problem("capture.poll_interval_ms".into(), "must be between 1 and 1000 ms");
         }
         if c.batch_max_records == 0 {
             problem("capture.batch_max_records".into(), "must be at least 1");
         }
         for (i, name) in c.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ']) {
-                problem(
-                    format!("capture.interfaces[{i}]"),
-                    "not a valid interface name",
-                );
+                problem(format!("capture.interfaces[{i}]"), "not a valid interface name");
             }
         }
-        if !self.metrics.listen.is_empty()
-            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            problem(
-                "metrics.listen".into(),
-                "must be ADDRESS:PORT (or empty to disable)",
-            );
+        if !self.api.listen.is_empty() && self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem("api.listen".into(), "must be ADDRESS:PORT (or empty to disable)");
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
+        for (i, path) in self.api.open_paths.iter().enumerate() {
+            if !path.starts_with('/') {
+                problem(format!("api.open_paths[{i}]"), "must start with /");
+            }
+            if path.starts_with("/api/buffer/config") || path.starts_with("/api/data") {
+                problem(format!("api.open_paths[{i}]"), "mutating endpoints always need a token");
+            }
         }
+        if self.service.user.contains(['/', ':', ' ', '\0']) {
+            problem("service.user".into(), "not a valid user name");
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 }
 
@@ -277,18 +265,12 @@ mod tests {
     fn the_shipped_default_parses_and_matches_the_built_in_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/raven.toml");
         let shipped = Config::load(&path).unwrap();
-        assert_eq!(
-            shipped,
-            Config::default(),
-            "config/raven.toml drifted from Config::default()"
-        );
+        assert_eq!(shipped, Config::default(), "config/raven.toml drifted from Config::default()");
     }
 
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
-        let err = Config::parse("[capture]\nsnaplen = 5\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[capture]\nsnaplen = 5\n").unwrap_err().to_string();
         assert!(err.contains("snaplen"), "{err}");
     }
 
@@ -299,18 +281,9 @@ mod tests {
              ports = [{port = 514, stream = \"syslog\"}, {port = 514, stream = \"snmp\"}]\n",
         )
         .unwrap_err();
-        let ConfigError::Invalid(problems) = err else {
-            panic!("{err}")
-        };
+        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
         let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "capture.ports[1].port",
-                "capture.snap_length",
-                "capture.ring_bytes"
-            ]
-        );
+        assert_eq!(keys, ["capture.ports[1].port", "capture.snap_length", "capture.ring_bytes"]);
     }
 
     /// Dotted key paths of a TOML value (`a.b`, arrays of tables as `a[].b`).
@@ -318,11 +291,8 @@ mod tests {
         match value {
             toml::Value::Table(table) => {
                 for (key, inner) in table {
-                    let path = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
+                    let path =
+                        if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                     out.push(path.clone());
                     key_paths(&path, inner, out);
                 }
@@ -341,21 +311,14 @@ mod tests {
         let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
         let doc = std::fs::read_to_string(doc_path).unwrap();
         let mut keys = Vec::new();
-        key_paths(
-            "",
-            &toml::Value::try_from(Config::default()).unwrap(),
-            &mut keys,
-        );
-        let tables = ["capture", "metrics", "service"];
+        key_paths("", &toml::Value::try_from(Config::default()).unwrap(), &mut keys);
+        let tables = ["capture", "api", "service"];
         let missing: Vec<_> = keys
             .iter()
             .filter(|k| !tables.contains(&k.as_str()))
             .filter(|k| !doc.contains(&format!("| `{k}` |")))
             .collect();
-        assert!(
-            missing.is_empty(),
-            "keys without a row in docs/configuration.md: {missing:?}"
-        );
+        assert!(missing.is_empty(), "keys without a row in docs/configuration.md: {missing:?}");
     }
 
     #[test]

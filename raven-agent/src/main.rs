@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use raven_agent::{config::Config, pipeline, tap};
 
 #[derive(Parser)]
-#[command(
-    name = "raven-agent",
-    version,
-    about = "Raven telemetry-capture appliance"
-)]
+#[command(name = "raven-agent", version, about = "Raven telemetry-capture appliance")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", global = true)]
@@ -55,9 +51,7 @@ enum CaptureModeArg {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAVEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -34,9 +34,7 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry
-        .register(Box::new(vec.clone()))
-        .expect("metric registered once");
+    registry.register(Box::new(vec.clone())).expect("metric registered once");
     vec
 }
 
@@ -44,15 +42,11 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         let xdp_attached = IntGaugeVec::new(
-            Opts::new(
-                "raven_xdp_attached",
-                "1 while the XDP program is attached, by mode",
-            ),
+            Opts::new("raven_xdp_attached", "1 while the XDP program is attached, by mode"),
             &["interface", "mode"],
         )
         .expect("valid metric definition");
-        r.register(Box::new(xdp_attached.clone()))
-            .expect("metric registered once");
+        r.register(Box::new(xdp_attached.clone())).expect("metric registered once");
         Metrics {
             capture_records: counter(
                 &r,
@@ -162,10 +156,7 @@ pub struct CapturedBatch {
 
 impl CapturedBatch {
     pub fn new(via: Via) -> Self {
-        CapturedBatch {
-            via: Some(via),
-            ..Default::default()
-        }
+        CapturedBatch { via: Some(via), ..Default::default() }
     }
 
     pub fn add(&mut self, stream: Stream, wire_len: u32, truncated: bool) {
@@ -177,10 +168,7 @@ impl CapturedBatch {
 }
 
 fn stream_index(stream: Stream) -> usize {
-    Stream::ALL
-        .iter()
-        .position(|s| *s == stream)
-        .expect("ALL lists every stream")
+    Stream::ALL.iter().position(|s| *s == stream).expect("ALL lists every stream")
 }
 
 impl InternalEvent for CapturedBatch {
@@ -195,9 +183,7 @@ impl InternalEvent for CapturedBatch {
             m.capture_records.with_label_values(&labels).inc_by(records);
             m.capture_bytes.with_label_values(&labels).inc_by(bytes);
             if truncated > 0 {
-                m.capture_truncated
-                    .with_label_values(&labels)
-                    .inc_by(truncated);
+                m.capture_truncated.with_label_values(&labels).inc_by(truncated);
             }
         }
     }
@@ -229,15 +215,8 @@ pub struct SocketReceiveFailed<'a> {
 
 impl InternalEvent for SocketReceiveFailed<'_> {
     fn emit(self) {
-        tracing::warn!(
-            port = self.port,
-            reason = self.reason,
-            "UDP listener receive failed"
-        );
-        metrics()
-            .socket_errors
-            .with_label_values(&[&self.port.to_string(), self.reason])
-            .inc();
+        tracing::warn!(port = self.port, reason = self.reason, "UDP listener receive failed");
+        metrics().socket_errors.with_label_values(&[&self.port.to_string(), self.reason]).inc();
     }
 }
 
@@ -255,10 +234,7 @@ impl InternalEvent for SocketOverflowed {
             count = self.count,
             "receive buffer full: the kernel dropped datagrams before Raven read them"
         );
-        metrics()
-            .socket_overflow
-            .with_label_values(&[&self.port.to_string()])
-            .inc_by(self.count);
+        metrics().socket_overflow.with_label_values(&[&self.port.to_string()]).inc_by(self.count);
     }
 }
 
@@ -299,18 +275,12 @@ impl InternalEvent for ExporterSampled<'_> {
     fn emit(self) {
         let m = metrics();
         let labels = [self.exporter, self.stream.name()];
-        m.exporter_packets
-            .with_label_values(&labels)
-            .inc_by(self.packets);
-        m.exporter_bytes
-            .with_label_values(&labels)
-            .inc_by(self.bytes);
+        m.exporter_packets.with_label_values(&labels).inc_by(self.packets);
+        m.exporter_bytes.with_label_values(&labels).inc_by(self.bytes);
         if self.ring_full > 0 {
             tracing::warn!(exporter = self.exporter, stream = %self.stream,
                 count = self.ring_full, "ring full: datagrams went to the socket path");
-            m.exporter_ring_full
-                .with_label_values(&labels)
-                .inc_by(self.ring_full);
+            m.exporter_ring_full.with_label_values(&labels).inc_by(self.ring_full);
         }
     }
 }
@@ -367,13 +337,8 @@ mod tests {
             })
             .collect();
         assert!(names.len() >= 10, "found {names:?}");
-        let missing: Vec<_> = names
-            .iter()
-            .filter(|n| !doc.contains(&format!("| `{n}` |")))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "metrics without a row in docs/metrics.md: {missing:?}"
-        );
+        let missing: Vec<_> =
+            names.iter().filter(|n| !doc.contains(&format!("| `{n}` |"))).collect();
+        assert!(missing.is_empty(), "metrics without a row in docs/metrics.md: {missing:?}");
     }
 }

@@ -28,11 +28,8 @@ use caps::{CapSet, Capability};
 use crate::config::{CaptureMode, Config};
 
 /// Kept after dropping to the service user.
-pub const KEPT_WHILE_RUNNING: [Capability; 3] = [
-    Capability::CAP_NET_ADMIN,
-    Capability::CAP_NET_BIND_SERVICE,
-    Capability::CAP_NET_RAW,
-];
+pub const KEPT_WHILE_RUNNING: [Capability; 3] =
+    [Capability::CAP_NET_ADMIN, Capability::CAP_NET_BIND_SERVICE, Capability::CAP_NET_RAW];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
@@ -40,18 +37,11 @@ pub enum PrivilegeError {
         "missing capability {capability} (needed to {why}); run as root, or grant it \
          (docker --cap-add {short}, systemd AmbientCapabilities={capability})"
     )]
-    Missing {
-        capability: Capability,
-        short: String,
-        why: &'static str,
-    },
+    Missing { capability: Capability, short: String, why: &'static str },
     #[error("service.user {0:?} does not exist")]
     UnknownUser(String),
     #[error("dropping privileges failed at {step}: {source}")]
-    Drop {
-        step: &'static str,
-        source: std::io::Error,
-    },
+    Drop { step: &'static str, source: std::io::Error },
     #[error("capabilities: {0}")]
     Caps(#[from] caps::errors::CapsError),
 }
@@ -72,18 +62,12 @@ impl fmt::Display for Need {
 pub fn needs(config: &Config) -> Vec<Need> {
     let mut needs = Vec::new();
     if config.capture.mode == CaptureMode::Xdp {
-        needs.push(Need {
-            capability: Capability::CAP_BPF,
-            why: "load the XDP program",
-        });
+        needs.push(Need { capability: Capability::CAP_BPF, why: "load the XDP program" });
         needs.push(Need {
             capability: Capability::CAP_PERFMON,
             why: "pass the verifier's pointer-arithmetic checks",
         });
-        needs.push(Need {
-            capability: Capability::CAP_NET_ADMIN,
-            why: "attach XDP",
-        });
+        needs.push(Need { capability: Capability::CAP_NET_ADMIN, why: "attach XDP" });
     }
     if config.capture.ports.iter().any(|p| p.port < 1024) {
         needs.push(Need {
@@ -95,10 +79,7 @@ pub fn needs(config: &Config) -> Vec<Need> {
 }
 
 fn short_name(capability: Capability) -> String {
-    capability
-        .to_string()
-        .trim_start_matches("CAP_")
-        .to_string()
+    capability.to_string().trim_start_matches("CAP_").to_string()
 }
 
 /// Refuses when the process lacks a capability `config` needs.
@@ -119,10 +100,7 @@ fn os_step(step: &'static str, rc: libc::c_int) -> Result<(), PrivilegeError> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(PrivilegeError::Drop {
-            step,
-            source: std::io::Error::last_os_error(),
-        })
+        Err(PrivilegeError::Drop { step, source: std::io::Error::last_os_error() })
     }
 }
 
@@ -140,17 +118,12 @@ pub fn drop_to_user(user: &str) -> Result<Vec<Capability>, PrivilegeError> {
         ((*entry).pw_uid, (*entry).pw_gid)
     };
     let had = caps::read(None, CapSet::Permitted)?;
-    let keep: Vec<Capability> = KEPT_WHILE_RUNNING
-        .into_iter()
-        .filter(|c| had.contains(c))
-        .collect();
+    let keep: Vec<Capability> =
+        KEPT_WHILE_RUNNING.into_iter().filter(|c| had.contains(c)).collect();
     // SAFETY: plain syscalls with valid arguments; order matters: keep
     // capabilities across the uid change, groups and gid before the uid.
     unsafe {
-        os_step(
-            "prctl(PR_SET_KEEPCAPS)",
-            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
-        )?;
+        os_step("prctl(PR_SET_KEEPCAPS)", libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
         os_step("setgroups", libc::setgroups(0, std::ptr::null()))?;
         os_step("setresgid", libc::setresgid(gid, gid, gid))?;
         os_step("setresuid", libc::setresuid(uid, uid, uid))?;
@@ -181,18 +154,8 @@ mod tests {
 
     #[test]
     fn the_default_config_needs_the_xdp_set_and_low_ports() {
-        let names: Vec<String> = needs(&Config::default())
-            .iter()
-            .map(|n| n.capability.to_string())
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "CAP_BPF",
-                "CAP_PERFMON",
-                "CAP_NET_ADMIN",
-                "CAP_NET_BIND_SERVICE"
-            ]
-        );
+        let names: Vec<String> =
+            needs(&Config::default()).iter().map(|n| n.capability.to_string()).collect();
+        assert_eq!(names, ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"]);
     }
 }

@@ -24,13 +24,8 @@ pub enum Stream {
 }
 
 impl Stream {
-    pub const ALL: [Stream; 5] = [
-        Stream::Syslog,
-        Stream::Netflow,
-        Stream::Ipfix,
-        Stream::Sflow,
-        Stream::Snmp,
-    ];
+    pub const ALL: [Stream; 5] =
+        [Stream::Syslog, Stream::Netflow, Stream::Ipfix, Stream::Sflow, Stream::Snmp];
 
     pub fn name(self) -> &'static str {
         match self {

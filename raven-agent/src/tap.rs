@@ -82,13 +82,10 @@ pub struct TapArgs {
 }
 
 pub fn parse_port_spec(text: &str) -> Result<(Stream, u16), String> {
-    let (stream, port) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?}: expected STREAM=PORT"))?;
+    let (stream, port) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected STREAM=PORT"))?;
     let stream: Stream = stream.parse().map_err(|e| format!("{e}"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{port:?} is not a UDP port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{port:?} is not a UDP port"))?;
     if port == 0 {
         return Err("port 0 cannot be captured".into());
     }
@@ -113,15 +110,8 @@ fn capture_config(args: &TapArgs) -> anyhow::Result<Config> {
         TapAction::Steal => PortAction::Steal,
     };
     if !args.ports.is_empty() {
-        capture.ports = args
-            .ports
-            .iter()
-            .map(|&(stream, port)| PortConfig {
-                port,
-                stream,
-                action,
-            })
-            .collect();
+        capture.ports =
+            args.ports.iter().map(|&(stream, port)| PortConfig { port, stream, action }).collect();
     } else if args.config.is_none() {
         for port in &mut capture.ports {
             port.action = action;
@@ -153,16 +143,10 @@ pub fn record_json(record: &Record) -> serde_json::Value {
 }
 
 pub fn rfc3339(time: SystemTime) -> String {
-    let nanos = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos();
+    let nanos = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos();
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos as i128)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
 
@@ -177,15 +161,9 @@ pub async fn run(args: TapArgs) -> anyhow::Result<()> {
         && args.mode != TapMode::Auto
         && let ActiveMode::Socket(reason) = engine.mode()
     {
-        bail!(
-            "XDP {:?} mode requested but unavailable: {reason}",
-            args.mode
-        );
+        bail!("XDP {:?} mode requested but unavailable: {reason}", args.mode);
     }
-    eprintln!(
-        "{}",
-        serde_json::json!({ "tap": "started", "mode": engine.mode() })
-    );
+    eprintln!("{}", serde_json::json!({ "tap": "started", "mode": engine.mode() }));
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;

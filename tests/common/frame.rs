@@ -31,10 +31,7 @@ impl Frame {
         Frame {
             vlans: vec![],
             ethertype: 0x0800,
-            ip: Ip::V4 {
-                options: vec![],
-                fragment: 0,
-            },
+            ip: Ip::V4 { options: vec![], fragment: 0 },
             protocol: 17,
             dst_port,
             payload: payload.to_vec(),
@@ -42,11 +39,7 @@ impl Frame {
     }
 
     pub fn v6(dst_port: u16, payload: &[u8]) -> Frame {
-        Frame {
-            ethertype: 0x86dd,
-            ip: Ip::V6 { extension: None },
-            ..Frame::v4(dst_port, payload)
-        }
+        Frame { ethertype: 0x86dd, ip: Ip::V6 { extension: None }, ..Frame::v4(dst_port, payload) }
     }
 
     /// Bytes on the wire, and the offset where the UDP payload starts.

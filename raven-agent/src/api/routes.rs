@@ -1,0 +1,166 @@
+//! The endpoints. Each handler carries its OpenAPI description; the router
+//! is built from the same list (`routes!`), so the two cannot drift.
+
+use std::time::Duration;
+
+use axum::{Json, body::Bytes, extract::State, http::StatusCode, response::IntoResponse};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{ApiError, ApiState, Control};
+use crate::{
+    config::{Config, ConfigError, Problem},
+    metrics,
+};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(prometheus_metrics))
+        .routes(routes!(get_config, post_config))
+        .routes(routes!(capture_status))
+        .routes(routes!(exporters))
+}
+
+/// The process is alive and serving.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Capture is running (the pipeline has published its state).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    security(()),
+    responses((status = 200, body = Object), (status = 503, body = Object))
+)]
+async fn readyz(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    match state.capture.borrow().as_ref() {
+        Some(status) => Ok(Json(json!({ "ready": true, "capture": status.mode }))),
+        None => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capture is starting")),
+    }
+}
+
+/// Every metric, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    security(()),
+    responses((status = 200, body = String, content_type = "text/plain; version=0.0.4"))
+)]
+async fn prometheus_metrics() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render())
+}
+
+/// The running configuration, in the schema of the TOML file.
+#[utoipa::path(
+    get,
+    path = "/api/buffer/config",
+    responses((status = 200, body = Object), (status = 401, body = Object))
+)]
+async fn get_config(State(state): State<ApiState>) -> Json<Config> {
+    Json(state.config.borrow().clone())
+}
+
+fn problems(error: ConfigError) -> Vec<Problem> {
+    match error {
+        ConfigError::Invalid(problems) => problems,
+        other => vec![Problem { key: String::new(), reason: other.to_string() }],
+    }
+}
+
+/// Validates a whole configuration and applies it live. A bad one is
+/// refused with every key and reason; the running one stays.
+#[utoipa::path(
+    post,
+    path = "/api/buffer/config",
+    request_body(content = Object, content_type = "application/json"),
+    responses(
+        (status = 200, body = Object, description = "applied"),
+        (status = 400, body = Object, description = "refused, with each key and reason"),
+        (status = 401, body = Object)
+    )
+)]
+async fn post_config(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let refuse = |problems: Vec<Problem>| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: "configuration refused; the running one stays".into(),
+        problems,
+    };
+    let mut json = serde_json::Deserializer::from_slice(&body);
+    let config: Config = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        refuse(vec![Problem { key: e.path().to_string(), reason: e.inner().to_string() }])
+    })?;
+    config.validate().map_err(|e| refuse(problems(e)))?;
+
+    let (reply, answer) = oneshot::channel();
+    state
+        .control
+        .send(Control::ApplyConfig { config: Box::new(config.clone()), reply })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"))?;
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(problems))) => return Err(refuse(problems)),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pipeline did not answer",
+            ));
+        }
+    }
+    let persisted = match &state.config_path {
+        Some(path) => persist(path, &config).map_err(|e| e.to_string()),
+        None => Err("no configuration file".to_string()),
+    };
+    Ok(Json(json!({
+        "applied": true,
+        "persisted": persisted.is_ok(),
+        "persist_error": persisted.err(),
+    })))
+}
+
+/// Writes the configuration atomically (temp file, fsync, rename), so a
+/// crash leaves the old file or the new one, never half of one.
+fn persist(path: &std::path::Path, config: &Config) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = toml::to_string_pretty(config).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("toml.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(b"# Written by Raven's API (POST /api/buffer/config).\n")?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Capture mode, the kernel's counters, and the per-exporter rows.
+#[utoipa::path(
+    get,
+    path = "/api/capture/status",
+    responses((status = 200, body = Object), (status = 401, body = Object), (status = 503, body = Object))
+)]
+async fn capture_status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let status = state.capture.borrow().clone();
+    let status = status
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capture is starting"))?;
+    Ok(Json(serde_json::to_value(status).expect("status serialises")))
+}
+
+/// Exporters seen by the XDP program: datagrams, bytes and ring-full per
+/// source address and stream.
+#[utoipa::path(
+    get,
+    path = "/api/exporters",
+    responses((status = 200, body = Object), (status = 401, body = Object))
+)]
+async fn exporters(State(state): State<ApiState>) -> Json<Value> {
+    let rows = state.capture.borrow().as_ref().map(|s| s.exporters.clone()).unwrap_or_default();
+    Json(json!({ "exporters": rows }))
+}

@@ -1,0 +1,148 @@
+//! The API over real HTTP against a running agent in a namespace: every
+//! endpoint, authentication (none, wrong, rotated, right), configuration
+//! validation for each kind of bad input, and live apply (a port added
+//! through the API is captured).
+
+mod common;
+
+use common::{APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
+use serde_json::Value;
+
+const OLD: &str = "token-being-rotated-out";
+const NEW: &str = "token-rotated-in";
+
+fn config(lab: &Lab) -> String {
+    format!(
+        "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\nports = [{{port = 514, stream = \"syslog\"}}]\n\
+         [api]\nlisten = \"{METRICS_LISTEN}\"\ntokens_file = \"@DIR@/tokens\"\n",
+        lab.appliance_if
+    )
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[test]
+fn endpoints_auth_validation_and_live_apply() {
+    let lab = Lab::new();
+    let tokens = format!("{OLD}\n{NEW}\n");
+    let agent = Agent::with_files(&lab, &config(&lab), &[("tokens", &tokens)], &[]);
+    agent.wait_until_attached();
+
+    // Open endpoints.
+    assert_eq!(agent.http("GET", "/healthz", None, None).unwrap().0, 200);
+    let (status, body) = agent.http("GET", "/readyz", None, None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["ready"], true);
+    assert!(agent.http("GET", "/metrics", None, None).unwrap().1.contains("raven_xdp_attached"));
+
+    // Auth: none, wrong, old-but-valid (rotation), new.
+    for path in ["/api/buffer/config", "/api/capture/status", "/api/exporters", "/api/openapi.json"]
+    {
+        assert_eq!(agent.http("GET", path, None, None).unwrap().0, 401, "{path} without token");
+        assert_eq!(agent.http("GET", path, Some("wrong"), None).unwrap().0, 401, "{path}");
+        assert_eq!(agent.http("GET", path, Some(OLD), None).unwrap().0, 200, "{path} old");
+        assert_eq!(agent.http("GET", path, Some(NEW), None).unwrap().0, 200, "{path} new");
+    }
+    let (_, body) = agent.http("GET", "/api/buffer/config", Some(NEW), None).unwrap();
+    let mut config = json(&body);
+    assert_eq!(config["capture"]["ports"][0]["port"], 514);
+    let (_, body) = agent.http("GET", "/api/capture/status", Some(NEW), None).unwrap();
+    assert_eq!(json(&body)["mode"]["Xdp"][&lab.appliance_if], "driver", "{body}");
+
+    // Mutations always need a token.
+    let (status, _) = agent.http("POST", "/api/buffer/config", None, Some("{}")).unwrap();
+    assert_eq!(status, 401);
+
+    // Each kind of bad input: 400 naming the key, running config untouched.
+    let changed = |pointer: &str, value: Value| {
+        let mut c = config.clone();
+        *c.pointer_mut(pointer).unwrap() = value;
+        c.to_string()
+    };
+    let bad_inputs = [
+        ("not json".to_string(), ""),
+        (r#"{"capture": {"snaplen": 5}}"#.to_string(), "capture"),
+        (changed("/capture/snap_length", "big".into()), "capture.snap_length"),
+        (changed("/capture/snap_length", 0.into()), "capture.snap_length"),
+        (changed("/capture/ports/0/stream", "gopher".into()), "capture.ports[0].stream"),
+        (changed("/capture/ports/0/port", 70000.into()), "capture.ports[0].port"),
+        (
+            changed(
+                "/capture/ports",
+                serde_json::json!([{"port": 9, "stream": "syslog"}, {"port": 9, "stream": "snmp"}]),
+            ),
+            "capture.ports[1].port",
+        ),
+        (changed("/capture/mode", "socket".into()), "capture.mode"),
+        (changed("/capture/ring_bytes", 8192.into()), "capture.ring_bytes"),
+        (changed("/api/listen", "198.18.0.1:9999".into()), "api.listen"),
+        (
+            changed("/api/open_paths", serde_json::json!(["/api/buffer/config"])),
+            "api.open_paths[0]",
+        ),
+        (changed("/api/tokens_file", "/nonexistent/tokens".into()), "api.tokens_file"),
+    ];
+    for (input, key) in &bad_inputs {
+        let (status, body) =
+            agent.http("POST", "/api/buffer/config", Some(NEW), Some(input)).unwrap();
+        assert_eq!(status, 400, "{input}: {body}");
+        let problems = json(&body)["problems"].clone();
+        assert!(
+            problems
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["key"].as_str().unwrap().starts_with(key)),
+            "{input}: expected a problem at {key:?}: {body}"
+        );
+    }
+    let (_, body) = agent.http("GET", "/api/buffer/config", Some(NEW), None).unwrap();
+    assert_eq!(json(&body), config, "a refused config leaves the running one");
+
+    // Live apply: add port 5514; traffic on it is captured.
+    let sender = lab.sender(false);
+    let captured = "raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}";
+    sender.send_to(b"<14>before", (APPLIANCE_V4, 5514)).unwrap();
+    config["capture"]["ports"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"port": 5514, "stream": "syslog", "action": "steal"}));
+    let (status, body) =
+        agent.http("POST", "/api/buffer/config", Some(NEW), Some(&config.to_string())).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["persisted"], true, "{body}");
+    sender.send_to(b"<14>after", (APPLIANCE_V4, 5514)).unwrap();
+    let m = agent.wait_for_metric(captured, 1.0);
+    assert_eq!(m[captured], 1.0, "only the datagram after the change");
+    let saved = std::fs::read_to_string(agent.dir.path().join("raven.toml")).unwrap();
+    assert!(saved.contains("5514"), "the applied config was persisted:\n{saved}");
+
+    // Rotation finished: the old token is removed from the file and reloaded.
+    std::fs::write(agent.dir.path().join("tokens"), format!("{NEW}\n")).unwrap();
+    agent.signal(libc::SIGHUP);
+    let mut rotated = false;
+    for _ in 0..50 {
+        if agent.http("GET", "/api/exporters", Some(OLD), None).unwrap().0 == 401 {
+            rotated = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(rotated, "the retired token still works");
+    // The exporter table is published once a second.
+    let mut body = String::new();
+    for _ in 0..30 {
+        let (status, text) = agent.http("GET", "/api/exporters", Some(NEW), None).unwrap();
+        assert_eq!(status, 200);
+        body = text;
+        if json(&body)["exporters"][0]["exporter"] == "198.18.0.2" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(json(&body)["exporters"][0]["exporter"], "198.18.0.2", "{body}");
+    assert_eq!(json(&body)["exporters"][0]["packets"], 1, "{body}");
+    assert!(agent.stop().success());
+}
