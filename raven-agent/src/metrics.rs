@@ -130,6 +130,18 @@ pub fn registry() -> &'static Registry {
     &METRICS.registry
 }
 
+/// Records captured so far per stream (both paths), for rate history.
+pub fn captured_per_stream() -> [(Stream, u64); Stream::ALL.len()] {
+    let m = metrics();
+    Stream::ALL.map(|stream| {
+        let total = [Via::Xdp, Via::Socket]
+            .iter()
+            .map(|via| m.capture_records.with_label_values(&[stream.name(), via.name()]).get())
+            .sum();
+        (stream, total)
+    })
+}
+
 /// Prometheus text exposition of every registered metric.
 pub fn render() -> String {
     prometheus::TextEncoder::new()

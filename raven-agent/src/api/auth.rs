@@ -79,7 +79,10 @@ impl Tokens {
         if method != axum::http::Method::GET {
             return false;
         }
-        (path == "/" && self.status_page_public) || self.open_paths.iter().any(|p| p == path)
+        // The page itself is a static shell; its data is what needs the token.
+        path == "/"
+            || (path == "/api/status" && self.status_page_public)
+            || self.open_paths.iter().any(|p| p == path)
     }
 }
 

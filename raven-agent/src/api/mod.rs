@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod routes;
+pub mod status;
 
 use std::{
     net::SocketAddr,
@@ -57,6 +58,7 @@ pub struct ApiState {
     pub config_path: Option<PathBuf>,
     pub control: mpsc::Sender<Control>,
     pub capture: watch::Receiver<Option<CaptureStatus>>,
+    pub history: watch::Receiver<status::RateHistory>,
     pub tokens: Arc<RwLock<auth::Tokens>>,
 }
 

@@ -22,6 +22,30 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_config, post_config))
         .routes(routes!(capture_status))
         .routes(routes!(exporters))
+        .routes(routes!(status_page))
+        .routes(routes!(status_data))
+}
+
+/// The status page (HTML; its data comes from `/api/status`).
+#[utoipa::path(get, path = "/", security(()), responses((status = 200, body = String, content_type = "text/html")))]
+async fn status_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(super::status::PAGE)
+}
+
+/// What the status page shows: capture, per-stream totals, the last hour.
+#[utoipa::path(
+    get,
+    path = "/api/status",
+    responses((status = 200, body = Object), (status = 401, body = Object))
+)]
+async fn status_data(State(state): State<ApiState>) -> Json<Value> {
+    let streams: Vec<Value> = metrics::captured_per_stream()
+        .iter()
+        .map(|(stream, records)| json!({ "stream": stream, "records": records }))
+        .collect();
+    let capture = state.capture.borrow().clone();
+    let history = state.history.borrow().clone();
+    Json(json!({ "capture": capture, "streams": streams, "history": history }))
 }
 
 /// The process is alive and serving.
