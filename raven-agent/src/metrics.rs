@@ -24,6 +24,7 @@ pub struct Metrics {
     capture_dropped: IntCounterVec,
     socket_errors: IntCounterVec,
     socket_overflow: IntCounterVec,
+    tcp_refused: IntCounterVec,
     xdp_frames: IntCounterVec,
     xdp_matched: IntCounterVec,
     exporter_packets: IntCounterVec,
@@ -84,6 +85,12 @@ impl Metrics {
                 "Datagrams the kernel dropped because a listener's receive buffer was full",
                 &["port"],
             ),
+            tcp_refused: counter(
+                &r,
+                "raven_capture_tcp_refused_total",
+                "Syslog TCP/TLS connections closed at once, by port and reason",
+                &["port", "reason"],
+            ),
             xdp_frames: counter(
                 &r,
                 "raven_xdp_frames_total",
@@ -137,6 +144,9 @@ pub fn captured_per_stream() -> [(Stream, u64); Stream::ALL.len()] {
         let total = [Via::Xdp, Via::Socket]
             .iter()
             .map(|via| m.capture_records.with_label_values(&[stream.name(), via.name()]).get())
+            .chain([Via::Tcp, Via::Tls].iter().map(|via| {
+                m.capture_records.with_label_values(&[stream.name(), via.name()]).get()
+            }))
             .sum();
         (stream, total)
     })
@@ -247,6 +257,19 @@ impl InternalEvent for SocketOverflowed {
             "receive buffer full: the kernel dropped datagrams before Raven read them"
         );
         metrics().socket_overflow.with_label_values(&[&self.port.to_string()]).inc_by(self.count);
+    }
+}
+
+/// A syslog TCP/TLS connection was refused (limit reached, handshake failed).
+pub struct TcpConnectionRefused {
+    pub port: u16,
+    pub reason: &'static str,
+}
+
+impl InternalEvent for TcpConnectionRefused {
+    fn emit(self) {
+        tracing::warn!(port = self.port, reason = self.reason, "syslog connection refused");
+        metrics().tcp_refused.with_label_values(&[&self.port.to_string(), self.reason]).inc();
     }
 }
 

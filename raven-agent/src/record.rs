@@ -94,6 +94,10 @@ pub enum Via {
     /// Received on the agent's UDP socket (socket-only mode, fragments,
     /// ring overflow).
     Socket,
+    /// Syslog over TCP (RFC 6587).
+    Tcp,
+    /// Syslog over TLS (RFC 5425).
+    Tls,
     /// Read from a file (`raven-agent decode`).
     File,
 }
@@ -103,6 +107,8 @@ impl Via {
         match self {
             Via::Xdp => "xdp",
             Via::Socket => "socket",
+            Via::Tcp => "tcp",
+            Via::Tls => "tls",
             Via::File => "file",
         }
     }

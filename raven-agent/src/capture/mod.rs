@@ -20,6 +20,7 @@
 
 pub mod ring;
 pub mod socket;
+pub mod tcp;
 pub mod xdp;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,7 @@ pub use self::xdp::{ExporterRow, KernelCounters, XdpProgram};
 use crate::{
     config::{CaptureConfig, CaptureMode, PortAction},
     metrics::{self, ExporterSampled, KernelCountersSampled, SocketOverflowed, XdpAttachChanged},
-    record::{Batch, Stream},
+    record::{Batch, Stream, Via},
 };
 use socket::ListenerSpec;
 
@@ -52,6 +53,8 @@ pub enum CaptureError {
     NoInterface,
     #[error("{key} cannot change while running (restart Raven to apply it)")]
     NeedsRestart { key: &'static str },
+    #[error("cannot listen on {key} = {listen}: {reason}")]
+    TcpInput { key: &'static str, listen: String, reason: String },
 }
 
 struct Listener {
@@ -87,6 +90,9 @@ pub struct CaptureEngine {
     xdp: Option<XdpCapture>,
     socket_only_reason: String,
     listeners: BTreeMap<u16, Listener>,
+    /// Syslog TCP/TLS accept loops, stopped together.
+    tcp_inputs: Vec<JoinHandle<std::io::Result<()>>>,
+    tcp_cancel: CancellationToken,
     tx: mpsc::Sender<Batch>,
 }
 
@@ -101,6 +107,8 @@ impl CaptureEngine {
             xdp: None,
             socket_only_reason: "capture.mode = \"socket\"".to_string(),
             listeners: BTreeMap::new(),
+            tcp_inputs: Vec::new(),
+            tcp_cancel: CancellationToken::new(),
             tx,
         };
         if config.mode == CaptureMode::Xdp {
@@ -113,12 +121,60 @@ impl CaptureEngine {
             }
         }
         engine.apply_ports(config)?;
+        engine.start_tcp_inputs(config).await?;
         engine.config = config.clone();
         match engine.mode() {
             ActiveMode::Xdp(interfaces) => tracing::info!(?interfaces, "capturing with XDP"),
             ActiveMode::Socket(reason) => tracing::info!(%reason, "capturing with sockets only"),
         }
         Ok(engine)
+    }
+
+    async fn start_tcp_inputs(&mut self, config: &CaptureConfig) -> Result<(), CaptureError> {
+        for (key, input, via) in [
+            ("capture.syslog_tcp", &config.syslog_tcp, Via::Tcp),
+            ("capture.syslog_tls", &config.syslog_tls, Via::Tls),
+        ] {
+            if input.listen.is_empty() {
+                continue;
+            }
+            let failed = |reason: String| CaptureError::TcpInput {
+                key,
+                listen: input.listen.clone(),
+                reason,
+            };
+            let tls = match via {
+                Via::Tls => Some(
+                    tcp::tls_acceptor(
+                        input.cert_file.as_ref(),
+                        input.key_file.as_ref(),
+                        (!input.client_ca_file.is_empty())
+                            .then_some(input.client_ca_file.as_ref()),
+                    )
+                    .map_err(failed)?,
+                ),
+                _ => None,
+            };
+            let listener =
+                tokio::net::TcpListener::bind(&input.listen).await.map_err(|e| failed(e.to_string()))?;
+            let port = listener.local_addr().map_err(|e| failed(e.to_string()))?.port();
+            let spec = tcp::TcpInputSpec {
+                port,
+                via,
+                max_connections: input.max_connections,
+                max_message_bytes: input.max_message_bytes,
+                batch_max: config.batch_max_records,
+            };
+            tracing::info!(listen = %input.listen, via = via.name(), "syslog stream input listening");
+            self.tcp_inputs.push(tokio::spawn(tcp::run(
+                listener,
+                spec,
+                tls,
+                self.tx.clone(),
+                self.tcp_cancel.clone(),
+            )));
+        }
+        Ok(())
     }
 
     fn start_xdp(&self, config: &CaptureConfig) -> Result<XdpCapture, CaptureError> {
@@ -198,6 +254,8 @@ impl CaptureEngine {
             ("capture.xdp_mode", config.xdp_mode != old.xdp_mode),
             ("capture.poll_interval_ms", config.poll_interval_ms != old.poll_interval_ms),
             ("capture.interfaces", self.xdp.is_some() && config.interfaces != old.interfaces),
+            ("capture.syslog_tcp", config.syslog_tcp != old.syslog_tcp),
+            ("capture.syslog_tls", config.syslog_tls != old.syslog_tls),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
@@ -346,6 +404,10 @@ impl CaptureEngine {
         for (port, listener) in std::mem::take(&mut self.listeners) {
             listener.cancel.cancel();
             log_task_end(&format!("UDP listener {port}"), listener.task.await);
+        }
+        self.tcp_cancel.cancel();
+        for task in std::mem::take(&mut self.tcp_inputs) {
+            log_task_end("syslog stream input", task.await);
         }
         let xdp = last?;
         Some((xdp.program.counters().ok()?, xdp.program.exporters()))

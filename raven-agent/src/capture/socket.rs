@@ -203,7 +203,7 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// `::ffff:a.b.c.d` → `a.b.c.d`, so both paths report the same address.
-fn unmap_v4(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn unmap_v4(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
