@@ -4,6 +4,7 @@
 pub mod api;
 pub mod capture;
 pub mod config;
+pub mod decode;
 pub mod metrics;
 pub mod pipeline;
 pub mod privilege;
