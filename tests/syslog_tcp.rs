@@ -39,8 +39,23 @@ fn pki(dir: &Path) {
         let extfile = format!("{name}.ext");
         openssl(
             dir,
-            &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-              "-days", "2", "-extfile", &extfile, "-out", &pem],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
         );
     }
 }
@@ -59,32 +74,32 @@ fn tap_with(lab: &Lab, dir: &Path, tls_extra: &str) -> Tap {
     .unwrap();
     Tap::start(
         &lab.appliance,
-        &["--interface", &lab.appliance_if, "--mode", "socket", "--config", config.to_str().unwrap()],
+        &[
+            "--interface",
+            &lab.appliance_if,
+            "--mode",
+            "socket",
+            "--config",
+            config.to_str().unwrap(),
+        ],
     )
 }
 
 fn tls_send(lab: &Lab, dir: &Path, client_cert: bool, data: &[u8]) -> bool {
-    let mut cmd = lab.appliance.command("openssl");
-    cmd.args(["s_client", "-connect", "198.18.0.1:6514", "-quiet", "-verify_return_error"])
+    // The venue side sends, as a device would.
+    // `-quiet` implies `-ign_eof`; `-no_ign_eof` makes it hang up after the data.
+    let mut cmd = lab.venue.command("timeout");
+    cmd.args(["10", "openssl", "s_client", "-connect", "198.18.0.1:6514", "-quiet", "-no_ign_eof"])
+        .arg("-verify_return_error")
         .arg("-CAfile")
         .arg(dir.join("ca.pem"));
     if client_cert {
         cmd.arg("-cert").arg(dir.join("client.pem")).arg("-key").arg(dir.join("client.key"));
     }
-    // The venue side sends; run it there.
-    let mut cmd_in_venue = Command::new("ip");
-    cmd_in_venue.args(["netns", "exec", &lab.venue.name]).args(
-        cmd.get_args().skip(3).map(|a| a.to_os_string()).collect::<Vec<_>>(),
-    );
-    let mut child = cmd_in_venue
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    out.status.success()
+    child.wait_with_output().unwrap().status.success()
 }
 
 #[test]
@@ -106,7 +121,10 @@ fn logger_over_tcp_with_octet_counting_and_lf_framing() {
     }
     // One oversize message: kept, cut at max_message_bytes, flagged.
     let long = "x".repeat(3000);
-    lab.venue.run("logger", &["--tcp", "-n", APPLIANCE_V4, "-P", "514", "--octet-count", "--size", "4000", &long]);
+    lab.venue.run(
+        "logger",
+        &["--tcp", "-n", APPLIANCE_V4, "-P", "514", "--octet-count", "--size", "4000", &long],
+    );
     let records = tap.take(5, WAIT);
     assert_eq!(records.len(), 5, "{records:?}");
     for (r, text) in records.iter().zip(&sent) {
@@ -128,7 +146,7 @@ fn tls_with_and_without_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     pki(dir.path());
     let tap = tap_with(&lab, dir.path(), "");
-    let batch = b"<14>tls line one\n24 <14>tls octet counted\n<14>tls line three\n";
+    let batch = b"<14>tls line one\n21 <14>tls octet counted\n<14>tls line three\n";
     assert!(tls_send(&lab, dir.path(), false, batch), "TLS client connects");
     let records = tap.take(3, WAIT);
     let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
@@ -147,4 +165,57 @@ fn tls_with_and_without_client_certificates() {
     let records = tap.take(2, Duration::from_secs(3));
     let payloads: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
     assert_eq!(payloads, [&b"<14>with client cert"[..]]);
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused_and_counted() {
+    use std::{io::Read, net::TcpStream};
+    let lab = Lab::new();
+    let config = format!(
+        "[capture]\nmode = \"socket\"\nports = []\n\
+         [capture.syslog_tcp]\nlisten = \"{APPLIANCE_V4}:514\"\nmax_connections = 1\n\
+         [api]\nlisten = \"{}\"\n",
+        common::METRICS_LISTEN
+    );
+    let agent = common::Agent::run(&lab, &config, &[]);
+    assert!(agent.wait_stderr("syslog"), "{}", agent.stderr());
+    let connect = || {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match lab.venue.enter(|| TcpStream::connect((APPLIANCE_V4, 514))) {
+                Ok(stream) => return stream,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot connect: {e}\n{}", agent.stderr()),
+            }
+        }
+    };
+    let mut first = connect();
+    first.write_all(b"<14>held connection\n").unwrap();
+    let captured = "raven_capture_records_total{stream=\"syslog\",via=\"tcp\"}";
+    agent.wait_for_metric(captured, 1.0);
+
+    // The second connection is accepted and closed at once.
+    let mut second = connect();
+    second.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(second.read(&mut buf).unwrap_or(0), 0, "refused connection is closed");
+    let refused = "raven_capture_tcp_refused_total{port=\"514\",reason=\"connection_limit\"}";
+    agent.wait_for_metric(refused, 1.0);
+
+    // Once the first goes away, a new one is served.
+    drop(first);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut third = connect();
+        third.write_all(b"<14>after the first closed\n").unwrap();
+        drop(third);
+        std::thread::sleep(Duration::from_millis(200));
+        if agent.metrics().get(captured).copied().unwrap_or(0.0) >= 2.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed: {}", agent.stderr());
+    }
 }

@@ -280,9 +280,10 @@ impl Config {
                 problem(format!("api.open_paths[{i}]"), "mutating endpoints always need a token");
             }
         }
-        for (name, input, tls) in
-            [("capture.syslog_tcp", &c.syslog_tcp, false), ("capture.syslog_tls", &c.syslog_tls, true)]
-        {
+        for (name, input, tls) in [
+            ("capture.syslog_tcp", &c.syslog_tcp, false),
+            ("capture.syslog_tls", &c.syslog_tls, true),
+        ] {
             if !input.listen.is_empty() && input.listen.parse::<std::net::SocketAddr>().is_err() {
                 problem(format!("{name}.listen"), "must be ADDRESS:PORT (or empty to disable)");
             }
@@ -296,7 +297,10 @@ impl Config {
             if !tls && (has_cert || !input.client_ca_file.is_empty()) {
                 problem(format!("{name}.cert_file"), "certificates belong in capture.syslog_tls");
             }
-            if tls && !input.listen.is_empty() && (input.cert_file.is_empty() || input.key_file.is_empty()) {
+            if tls
+                && !input.listen.is_empty()
+                && (input.cert_file.is_empty() || input.key_file.is_empty())
+            {
                 problem(format!("{name}.cert_file"), "TLS needs cert_file and key_file");
             }
         }
@@ -347,7 +351,8 @@ mod tests {
         match value {
             toml::Value::Table(table) => {
                 for (key, inner) in table {
-                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    let path =
+                        if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                     if !inner.is_table() {
                         out.push(path.clone());
                     }

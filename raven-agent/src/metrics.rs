@@ -141,13 +141,14 @@ pub fn registry() -> &'static Registry {
 pub fn captured_per_stream() -> [(Stream, u64); Stream::ALL.len()] {
     let m = metrics();
     Stream::ALL.map(|stream| {
-        let total = [Via::Xdp, Via::Socket]
-            .iter()
-            .map(|via| m.capture_records.with_label_values(&[stream.name(), via.name()]).get())
-            .chain([Via::Tcp, Via::Tls].iter().map(|via| {
-                m.capture_records.with_label_values(&[stream.name(), via.name()]).get()
-            }))
-            .sum();
+        let total =
+            [Via::Xdp, Via::Socket]
+                .iter()
+                .map(|via| m.capture_records.with_label_values(&[stream.name(), via.name()]).get())
+                .chain([Via::Tcp, Via::Tls].iter().map(|via| {
+                    m.capture_records.with_label_values(&[stream.name(), via.name()]).get()
+                }))
+                .sum();
         (stream, total)
     })
 }

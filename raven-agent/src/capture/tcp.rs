@@ -16,13 +16,7 @@
 //! - A connection that closes mid-frame keeps the partial message as a
 //!   truncated record: bytes that reached Raven are never discarded.
 
-use std::{
-    io,
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -96,6 +90,10 @@ impl tokio_util::codec::Decoder for SyslogFraming {
             self.skipping = Some((left - take, frame));
             return Ok(None);
         }
+        // Senders that octet-count often still end each frame with LF (or
+        // CRLF); a blank line between frames carries no message.
+        let blank = buf.iter().take_while(|&&b| b == b'\n' || b == b'\r').count();
+        buf.advance(blank);
         let Some(&first) = buf.first() else { return Ok(None) };
         if first.is_ascii_digit() {
             let digits = buf.iter().take_while(|b| b.is_ascii_digit()).count();
@@ -183,8 +181,12 @@ pub fn tls_acceptor(
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-                roots.add(c.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| e.to_string())?;
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                roots
+                    .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+                    .map_err(|e| e.to_string())?;
             }
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
@@ -229,7 +231,10 @@ pub async fn run(
                     Ok(stream) => serve(stream, peer, spec, tx, cancel).await,
                     Err(e) => {
                         tracing::warn!(port = spec.port, %peer, error = %e, "TLS handshake failed");
-                        metrics::emit(TcpConnectionRefused { port: spec.port, reason: "tls_handshake" });
+                        metrics::emit(TcpConnectionRefused {
+                            port: spec.port,
+                            reason: "tls_handshake",
+                        });
                         Ok(())
                     }
                 },
@@ -259,10 +264,16 @@ async fn serve(
         };
         let Some(first) = first else { return Ok(()) };
         let mut frames_now = vec![first?];
-        // Take what is already buffered without waiting, up to a batch.
+        // Take what is already buffered without waiting, up to a batch. A
+        // read error ends the connection only after what was framed is sent on.
+        let mut ended = Ok(());
         while frames_now.len() < spec.batch_max {
             match futures_util::FutureExt::now_or_never(frames.next()) {
-                Some(Some(frame)) => frames_now.push(frame?),
+                Some(Some(Ok(frame))) => frames_now.push(frame),
+                Some(Some(Err(e))) => {
+                    ended = Err(e);
+                    break;
+                }
                 _ => break,
             }
         }
@@ -290,6 +301,7 @@ async fn serve(
         if !super::ring::forward(&tx, vec![batch]).await {
             return Ok(());
         }
+        ended?;
     }
 }
 
@@ -377,8 +389,20 @@ mod tests {
     }
 
     #[test]
+    fn line_ends_after_octet_counted_frames_and_blank_lines_are_not_messages() {
+        let input = b"5 <1>ab\n\r\n\n<2>cd\n6 <3>efg\r\n";
+        let want = vec![(b"<1>ab".to_vec(), 5), (b"<2>cd".to_vec(), 5), (b"<3>efg".to_vec(), 6)];
+        for chunk in 1..input.len() {
+            assert_eq!(decode_all(input, 1024, chunk), want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
     fn a_line_starting_with_digits_but_no_length_is_lf_framed() {
-        assert_eq!(decode_all(b"2024-01-01 boot\n", 100, 4), vec![(b"2024-01-01 boot".to_vec(), 15)]);
+        assert_eq!(
+            decode_all(b"2024-01-01 boot\n", 100, 4),
+            vec![(b"2024-01-01 boot".to_vec(), 15)]
+        );
         assert_eq!(decode_all(b"123456789012 x\n", 100, 4), vec![(b"123456789012 x".to_vec(), 14)]);
     }
 }
