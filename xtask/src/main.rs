@@ -7,6 +7,7 @@
 //! - The XDP object is built only for `bpfel-unknown-none`, by the agent's
 //!   build script; this tool installs the toolchain pieces it needs.
 
+mod bench;
 mod install;
 mod setup;
 
@@ -48,10 +49,41 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         destdir: PathBuf,
     },
+    /// Measure Raven against the real peers; prints a table for docs/benchmarks.md.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// (Used by `bench`: the traffic sender, run inside a namespace.)
+    #[command(hide = true)]
+    BenchSend {
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 120)]
+        size: usize,
+        /// Datagrams per second; 0 sends as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Build, then run the whole test suite (extra args go to cargo test).
     Test {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Syslog over a veth: Raven XDP, Raven sockets, rsyslogd (needs root).
+    Capture {
+        /// Datagrams per phase.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Datagrams per second in the paced phase.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
     },
 }
 
@@ -111,6 +143,8 @@ fn main() -> anyhow::Result<()> {
             println!("unit: {}/raven.service", layout.unitdir.display());
             Ok(())
         }
+        Cmd::Bench { which: BenchCmd::Capture { count, rate } } => bench::capture(count, rate),
+        Cmd::BenchSend { target, count, size, rate } => bench::send(&target, count, size, rate),
         Cmd::Test { args } => {
             setup::build_tools()?;
             setup::test_packages()?;

@@ -1,0 +1,356 @@
+//! `cargo xtask bench`: measured figures, never timed tests.
+//!
+//! Invariants:
+//! - Every benchmark compares Raven with a real peer on the same traffic and
+//!   prints ratios, plus the machine and date, so a result can be pasted into
+//!   `docs/benchmarks.md` as it is.
+//! - Network benchmarks run in namespaces they create (198.18.0.0/15 only)
+//!   and remove them and their processes even when they fail.
+//!
+//! `capture`: one sender in a `venue` namespace sends RFC 3164 syslog
+//! datagrams over a veth to an `appliance` namespace, first paced, then as
+//! fast as it can. Receivers, one at a time: Raven with XDP (steal), Raven
+//! with sockets only, and rsyslogd's imudp writing to a file. For each:
+//! datagrams received, loss, and the receiver's CPU time per million
+//! records (from `/proc/PID/stat`). XDP's own cost runs in the softirq of
+//! the receiving CPU and is not in that figure; the flood phase shows it
+//! indirectly, as the rate one sender core reaches.
+
+use std::{
+    fs,
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{run, workspace_root};
+
+const APPLIANCE: &str = "198.18.0.1";
+const API: &str = "198.18.0.1:9184";
+
+/// The `bench-send` helper: runs inside the venue namespace.
+pub fn send(target: &str, count: u64, size: usize, rate: u64) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(target).with_context(|| format!("connect {target}"))?;
+    let mut line = b"<134>Nov 28 12:00:00 venue-sw1 bench: seq=0000000000 ".to_vec();
+    let prefix = line.len() - 11;
+    line.resize(size.max(line.len()), b'x');
+    let start = Instant::now();
+    let mut failed = 0u64;
+    for seq in 0..count {
+        line[prefix..prefix + 10].copy_from_slice(format!("{seq:010}").as_bytes());
+        if socket.send(&line).is_err() {
+            failed += 1;
+        }
+        if rate > 0 && seq % 256 == 255 {
+            let due = Duration::from_secs_f64((seq + 1) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                thread::sleep(wait);
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("{} {failed} {secs}", count - failed);
+    Ok(())
+}
+
+struct Lab {
+    venue: String,
+    appliance: String,
+    appliance_if: String,
+}
+
+impl Lab {
+    fn new() -> anyhow::Result<Lab> {
+        let id = std::process::id();
+        let lab = Lab {
+            venue: format!("rbv{id}"),
+            appliance: format!("rba{id}"),
+            appliance_if: format!("rbva{id}"),
+        };
+        let venue_if = format!("rbvv{id}");
+        for ns in [&lab.venue, &lab.appliance] {
+            run(Command::new("ip").args(["netns", "add", ns]))?;
+        }
+        run(Command::new("ip")
+            .args(["link", "add", &venue_if, "netns", &lab.venue, "type", "veth"])
+            .args(["peer", "name", &lab.appliance_if, "netns", &lab.appliance]))?;
+        for (ns, ifname, addr) in [
+            (&lab.venue, &venue_if, "198.18.0.2/24"),
+            (&lab.appliance, &lab.appliance_if, "198.18.0.1/24"),
+        ] {
+            lab.ip(ns, &["addr", "add", addr, "dev", ifname])?;
+            lab.ip(ns, &["link", "set", ifname, "up"])?;
+            lab.ip(ns, &["link", "set", "lo", "up"])?;
+        }
+        Ok(lab)
+    }
+
+    fn ip(&self, ns: &str, args: &[&str]) -> anyhow::Result<()> {
+        run(Command::new("ip").args(["netns", "exec", ns, "ip"]).args(args))
+    }
+
+    fn spawn(&self, ns: &str, program: &Path, args: &[&str]) -> anyhow::Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.venue, &self.appliance] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A receiver under test, killed on drop.
+struct Receiver {
+    child: Child,
+    count: Box<dyn Fn() -> anyhow::Result<u64>>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 =
+        fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn raven(lab: &Lab, dir: &Path, agent: &Path, mode: &str) -> anyhow::Result<Receiver> {
+    let config = dir.join(format!("raven-{mode}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "[capture]\nmode = \"{mode}\"\ninterfaces = [\"{}\"]\n\
+             ports = [{{port = 514, stream = \"syslog\"}}]\nring_bytes = 67108864\n\
+             [api]\nlisten = \"{API}\"\n",
+            lab.appliance_if
+        ),
+    )?;
+    let child = lab.spawn(&lab.appliance, agent, &["run", "--config", config.to_str().unwrap()])?;
+    let ns = lab.appliance.clone();
+    let count = move || -> anyhow::Result<u64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "curl", "-sf", &format!("http://{API}/metrics")])
+            .output()?;
+        if !out.status.success() {
+            bail!("metrics not served yet");
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("raven_capture_records_total{stream=\"syslog\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    };
+    Ok(Receiver { child, count: Box::new(count) })
+}
+
+fn rsyslogd(lab: &Lab, dir: &Path) -> anyhow::Result<Receiver> {
+    let out = dir.join("rsyslog.out");
+    let work = dir.join("rsyslog-work");
+    fs::create_dir_all(&work)?;
+    let config = dir.join("rsyslog.conf");
+    fs::write(
+        &config,
+        format!(
+            "global(workDirectory=\"{}\")\nmodule(load=\"imudp\")\n\
+             input(type=\"imudp\" address=\"{APPLIANCE}\" port=\"514\" rcvbufSize=\"32m\")\n\
+             *.* action(type=\"omfile\" file=\"{}\" asyncWriting=\"on\" flushOnTXEnd=\"off\")\n",
+            work.display(),
+            out.display()
+        ),
+    )?;
+    let pid = dir.join("rsyslog.pid");
+    let child = lab.spawn(
+        &lab.appliance,
+        Path::new("/usr/sbin/rsyslogd"),
+        &["-n", "-f", config.to_str().unwrap(), "-i", pid.to_str().unwrap()],
+    )?;
+    let count = move || -> anyhow::Result<u64> {
+        let text = fs::read(&out).unwrap_or_default();
+        Ok(text.iter().filter(|&&b| b == b'\n').count() as u64)
+    };
+    Ok(Receiver { child, count: Box::new(count) })
+}
+
+struct Row {
+    receiver: &'static str,
+    phase: &'static str,
+    sent: u64,
+    received: u64,
+    send_secs: f64,
+    cpu_secs: f64,
+}
+
+/// Waits until the count stops moving (or the deadline passes).
+fn settle(receiver: &Receiver, want: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (receiver.count)().unwrap_or(0);
+    let mut still = 0;
+    while Instant::now() < deadline && last < want && still < 10 {
+        thread::sleep(Duration::from_millis(200));
+        let now = (receiver.count)().unwrap_or(last);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+fn ready(receiver: &Receiver, lab: &Lab, sender: &Path) -> anyhow::Result<u64> {
+    // Probe datagrams until the receiver counts one: it is listening.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        send_from(lab, sender, 1, 0)?;
+        thread::sleep(Duration::from_millis(300));
+        if let Ok(n) = (receiver.count)() {
+            if n > 0 {
+                return Ok(settle(receiver, u64::MAX.min(n + 50)));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("receiver never counted a datagram");
+        }
+    }
+}
+
+fn send_from(lab: &Lab, sender: &Path, count: u64, rate: u64) -> anyhow::Result<(u64, f64, f64)> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.venue])
+        .arg(sender)
+        .args(["bench-send", "--target", &format!("{APPLIANCE}:514")])
+        .args(["--count", &count.to_string(), "--rate", &rate.to_string()])
+        .output()?;
+    if !out.status.success() {
+        bail!("sender failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let sent: u64 = parts.next().context("sender output")?.parse()?;
+    let _failed: u64 = parts.next().context("sender output")?.parse()?;
+    let secs: f64 = parts.next().context("sender output")?.parse()?;
+    Ok((sent, secs, 0.0))
+}
+
+pub fn capture(count: u64, rate: u64) -> anyhow::Result<()> {
+    crate::build_ebpf()?;
+    let agent = workspace_root().join("target/release/raven-agent");
+    let sender = std::env::current_exe()?;
+    let dir = tempdir()?;
+    let lab = Lab::new()?;
+    let mut rows = Vec::new();
+    type Start = fn(&Lab, &Path, &Path) -> anyhow::Result<Receiver>;
+    let receivers: [(&str, Start); 3] = [
+        ("raven xdp", |lab, dir, agent| raven(lab, dir, agent, "xdp")),
+        ("raven socket", |lab, dir, agent| raven(lab, dir, agent, "socket")),
+        ("rsyslogd imudp", |lab, dir, _| rsyslogd(lab, dir)),
+    ];
+    for (name, start) in receivers {
+        let receiver = start(&lab, &dir, &agent)?;
+        let mut base = ready(&receiver, &lab, &sender)?;
+        for (phase, phase_rate) in [("paced", rate), ("flood", 0)] {
+            let cpu_before = cpu_seconds(receiver.child.id());
+            let (sent, send_secs, _) = send_from(&lab, &sender, count, phase_rate)?;
+            let total = settle(&receiver, base + sent);
+            let cpu_secs = cpu_seconds(receiver.child.id()) - cpu_before;
+            rows.push(Row {
+                receiver: name,
+                phase,
+                sent,
+                received: total - base,
+                send_secs,
+                cpu_secs,
+            });
+            base = total;
+        }
+    }
+    drop(lab);
+    let _ = fs::remove_dir_all(&dir);
+    print_rows(&rows, count, rate);
+    Ok(())
+}
+
+fn print_rows(rows: &[Row], count: u64, rate: u64) {
+    println!("\n## capture — {} — {}", machine(), today());
+    println!(
+        "{count} RFC 3164 datagrams of 120 bytes per phase over a veth; paced at {rate}/s, \
+         then flood (as fast as one sender core goes)\n"
+    );
+    println!(
+        "| receiver | phase | sent/s | received | loss | receiver CPU s per M records | CPU vs rsyslogd |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let peer = |phase: &str| {
+        rows.iter()
+            .find(|r| r.receiver.starts_with("rsyslogd") && r.phase == phase)
+            .map(|r| r.cpu_secs / r.received.max(1) as f64)
+    };
+    for r in rows {
+        let per_m = r.cpu_secs * 1e6 / r.received.max(1) as f64;
+        let ratio = peer(r.phase)
+            .map(|p| format!("{:.2}×", (r.cpu_secs / r.received.max(1) as f64) / p))
+            .unwrap_or_default();
+        println!(
+            "| {} | {} | {:.0} | {} | {:.2} % | {:.2} | {} |",
+            r.receiver,
+            r.phase,
+            r.sent as f64 / r.send_secs,
+            r.received,
+            100.0 * (r.sent.saturating_sub(r.received)) as f64 / r.sent as f64,
+            per_m,
+            ratio
+        );
+    }
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("raven-bench-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+pub fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+pub fn today() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
