@@ -226,10 +226,11 @@ fn ready(receiver: &Receiver, lab: &Lab, sender: &Path) -> anyhow::Result<u64> {
     loop {
         send_from(lab, sender, 1, 0)?;
         thread::sleep(Duration::from_millis(300));
-        if let Ok(n) = (receiver.count)() {
-            if n > 0 {
-                return Ok(settle(receiver, u64::MAX.min(n + 50)));
-            }
+        // Then wait for the probes still in flight, so they are not counted later.
+        if let Ok(n) = (receiver.count)()
+            && n > 0
+        {
+            return Ok(settle(receiver, u64::MAX));
         }
         if Instant::now() > deadline {
             bail!("receiver never counted a datagram");

@@ -148,6 +148,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::build_tools()?;
             setup::test_packages()?;
+            // Style and lints first: they fail in seconds, the suite in minutes.
+            run(cargo().args(["fmt", "--all", "--check"]))?;
+            run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
             run(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(args))
         }
     }
