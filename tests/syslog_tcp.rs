@@ -39,8 +39,23 @@ fn pki(dir: &Path) {
         let extfile = format!("{name}.ext");
         openssl(
             dir,
-            &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-              "-days", "2", "-extfile", &extfile, "-out", &pem],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
         );
     }
 }
@@ -59,7 +74,14 @@ fn tap_with(lab: &Lab, dir: &Path, tls_extra: &str) -> Tap {
     .unwrap();
     Tap::start(
         &lab.appliance,
-        &["--interface", &lab.appliance_if, "--mode", "socket", "--config", config.to_str().unwrap()],
+        &[
+            "--interface",
+            &lab.appliance_if,
+            "--mode",
+            "socket",
+            "--config",
+            config.to_str().unwrap(),
+        ],
     )
 }
 
@@ -73,9 +95,9 @@ fn tls_send(lab: &Lab, dir: &Path, client_cert: bool, data: &[u8]) -> bool {
     }
     // The venue side sends; run it there.
     let mut cmd_in_venue = Command::new("ip");
-    cmd_in_venue.args(["netns", "exec", &lab.venue.name]).args(
-        cmd.get_args().skip(3).map(|a| a.to_os_string()).collect::<Vec<_>>(),
-    );
+    cmd_in_venue
+        .args(["netns", "exec", &lab.venue.name])
+        .args(cmd.get_args().skip(3).map(|a| a.to_os_string()).collect::<Vec<_>>());
     let mut child = cmd_in_venue
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -106,7 +128,10 @@ fn logger_over_tcp_with_octet_counting_and_lf_framing() {
     }
     // One oversize message: kept, cut at max_message_bytes, flagged.
     let long = "x".repeat(3000);
-    lab.venue.run("logger", &["--tcp", "-n", APPLIANCE_V4, "-P", "514", "--octet-count", "--size", "4000", &long]);
+    lab.venue.run(
+        "logger",
+        &["--tcp", "-n", APPLIANCE_V4, "-P", "514", "--octet-count", "--size", "4000", &long],
+    );
     let records = tap.take(5, WAIT);
     assert_eq!(records.len(), 5, "{records:?}");
     for (r, text) in records.iter().zip(&sent) {

@@ -282,9 +282,10 @@ impl Config {
                 problem(format!("api.open_paths[{i}]"), "mutating endpoints always need a token");
             }
         }
-        for (name, input, tls) in
-            [("capture.syslog_tcp", &c.syslog_tcp, false), ("capture.syslog_tls", &c.syslog_tls, true)]
-        {
+        for (name, input, tls) in [
+            ("capture.syslog_tcp", &c.syslog_tcp, false),
+            ("capture.syslog_tls", &c.syslog_tls, true),
+        ] {
             if !input.listen.is_empty() && input.listen.parse::<std::net::SocketAddr>().is_err() {
                 problem(format!("{name}.listen"), "must be ADDRESS:PORT (or empty to disable)");
             }
@@ -298,7 +299,10 @@ impl Config {
             if !tls && (has_cert || !input.client_ca_file.is_empty()) {
                 problem(format!("{name}.cert_file"), "certificates belong in capture.syslog_tls");
             }
-            if tls && !input.listen.is_empty() && (input.cert_file.is_empty() || input.key_file.is_empty()) {
+            if tls
+                && !input.listen.is_empty()
+                && (input.cert_file.is_empty() || input.key_file.is_empty())
+            {
                 problem(format!("{name}.cert_file"), "TLS needs cert_file and key_file");
             }
         }
@@ -560,10 +564,9 @@ impl ForwardConfig {
                     }
                 }
                 _ => {
-                    let port_ok = sink
-                        .endpoint
-                        .rsplit_once(':')
-                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                    let port_ok = sink.endpoint.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
                     if !port_ok {
                         problem(key("endpoint"), "must be HOST:PORT");
                     }
@@ -571,7 +574,10 @@ impl ForwardConfig {
             }
             for (j, stream) in sink.streams.iter().enumerate() {
                 if !sink.protocol.can_carry(*stream) {
-                    problem(format!("forward.sinks[{i}].streams[{j}]"), "this protocol cannot carry that stream");
+                    problem(
+                        format!("forward.sinks[{i}].streams[{j}]"),
+                        "this protocol cannot carry that stream",
+                    );
                 }
             }
             let tls = sink.protocol == SinkProtocol::SyslogTls
@@ -579,17 +585,27 @@ impl ForwardConfig {
             if tls && sink.ca_file.is_empty() {
                 problem(key("ca_file"), "TLS needs a CA file to verify the server");
             }
-            if !tls && !(sink.ca_file.is_empty() && sink.cert_file.is_empty() && sink.key_file.is_empty()) {
+            if !tls
+                && !(sink.ca_file.is_empty()
+                    && sink.cert_file.is_empty()
+                    && sink.key_file.is_empty())
+            {
                 problem(key("ca_file"), "TLS files only apply to syslog_tls and https sinks");
             }
             if sink.cert_file.is_empty() != sink.key_file.is_empty() {
                 problem(key("cert_file"), "cert_file and key_file go together");
             }
             if !valid_sd_id(&sink.sd_id) {
-                problem(key("sd_id"), "not a valid RFC 5424 SD-ID (1-32 printable, no = ] \" or space)");
+                problem(
+                    key("sd_id"),
+                    "not a valid RFC 5424 SD-ID (1-32 printable, no = ] \" or space)",
+                );
             }
             if sink.add_record_id && !sink.protocol.default_streams().contains(&Stream::Syslog) {
-                problem(key("add_record_id"), "only syslog sinks carry the record id in the message");
+                problem(
+                    key("add_record_id"),
+                    "only syslog sinks carry the record id in the message",
+                );
             }
             if sink.template_resend_interval_s == 0 {
                 problem(key("template_resend_interval_s"), "must be at least 1 s");
@@ -645,7 +661,8 @@ mod tests {
         match value {
             toml::Value::Table(table) => {
                 for (key, inner) in table {
-                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    let path =
+                        if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
                     if !inner.is_table() {
                         out.push(path.clone());
                     }

@@ -148,15 +148,15 @@ impl CaptureEngine {
                     tcp::tls_acceptor(
                         input.cert_file.as_ref(),
                         input.key_file.as_ref(),
-                        (!input.client_ca_file.is_empty())
-                            .then_some(input.client_ca_file.as_ref()),
+                        (!input.client_ca_file.is_empty()).then_some(input.client_ca_file.as_ref()),
                     )
                     .map_err(failed)?,
                 ),
                 _ => None,
             };
-            let listener =
-                tokio::net::TcpListener::bind(&input.listen).await.map_err(|e| failed(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(&input.listen)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
             let port = listener.local_addr().map_err(|e| failed(e.to_string()))?.port();
             let spec = tcp::TcpInputSpec {
                 port,

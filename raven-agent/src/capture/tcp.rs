@@ -16,13 +16,7 @@
 //! - A connection that closes mid-frame keeps the partial message as a
 //!   truncated record: bytes that reached Raven are never discarded.
 
-use std::{
-    io,
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -183,8 +177,12 @@ pub fn tls_acceptor(
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-                roots.add(c.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| e.to_string())?;
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                roots
+                    .add(c.map_err(|e| format!("{}: {e}", ca.display()))?)
+                    .map_err(|e| e.to_string())?;
             }
             let verifier =
                 rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
@@ -229,7 +227,10 @@ pub async fn run(
                     Ok(stream) => serve(stream, peer, spec, tx, cancel).await,
                     Err(e) => {
                         tracing::warn!(port = spec.port, %peer, error = %e, "TLS handshake failed");
-                        metrics::emit(TcpConnectionRefused { port: spec.port, reason: "tls_handshake" });
+                        metrics::emit(TcpConnectionRefused {
+                            port: spec.port,
+                            reason: "tls_handshake",
+                        });
                         Ok(())
                     }
                 },
@@ -378,7 +379,10 @@ mod tests {
 
     #[test]
     fn a_line_starting_with_digits_but_no_length_is_lf_framed() {
-        assert_eq!(decode_all(b"2024-01-01 boot\n", 100, 4), vec![(b"2024-01-01 boot".to_vec(), 15)]);
+        assert_eq!(
+            decode_all(b"2024-01-01 boot\n", 100, 4),
+            vec![(b"2024-01-01 boot".to_vec(), 15)]
+        );
         assert_eq!(decode_all(b"123456789012 x\n", 100, 4), vec![(b"123456789012 x".to_vec(), 14)]);
     }
 }

@@ -235,7 +235,7 @@ mod tests {
         h.record_success(Instant::now());
         assert_eq!(h.state(), LinkState::Up);
         assert_eq!(h.consecutive_failures(), 0);
-        assert_eq!(h.transitions(), 5);
+        assert_eq!(h.transitions(), 4); // down→up→degraded→down→up
     }
 
     #[tokio::test(start_paused = true)]

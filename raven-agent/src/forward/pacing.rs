@@ -42,7 +42,11 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(records_per_second: u64, bytes_per_second: u64, now: Instant) -> Pacer {
-        Pacer { records: Bucket::new(records_per_second), bytes: Bucket::new(bytes_per_second), last: now }
+        Pacer {
+            records: Bucket::new(records_per_second),
+            bytes: Bucket::new(bytes_per_second),
+            last: now,
+        }
     }
 
     fn refill(&mut self, now: Instant) {
