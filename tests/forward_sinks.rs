@@ -42,8 +42,18 @@ impl Link {
         let noc = Netns::new("rfn");
         let (a_if, n_if) = (unique("fa"), unique("fn"));
         ip(&[
-            "link", "add", &a_if, "netns", &appliance.name, "type", "veth", "peer", "name", &n_if,
-            "netns", &noc.name,
+            "link",
+            "add",
+            &a_if,
+            "netns",
+            &appliance.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &n_if,
+            "netns",
+            &noc.name,
         ]);
         for (ns, ifname, addr) in [(&appliance, &a_if, APPLIANCE), (&noc, &n_if, NOC)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
@@ -201,7 +211,8 @@ fn rsyslog(noc: &Netns, dir: &Path, port: u16) -> Process {
     .unwrap();
     let mut cmd = noc.command("rsyslogd");
     cmd.arg("-n").arg("-f").arg(&conf).arg("-i").arg(dir.join("rsyslogd.pid"));
-    let process = Process::spawn(cmd, "rsyslogd", &dir.join(format!("rsyslogd-{}.log", unique("r"))));
+    let process =
+        Process::spawn(cmd, "rsyslogd", &dir.join(format!("rsyslogd-{}.log", unique("r"))));
     wait_until("rsyslogd to listen", Duration::from_secs(15), || {
         tcp_listening(noc, &format!("{NOC}:{port}"))
     });
@@ -236,11 +247,14 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
 
     let records: Vec<Outgoing> = (0..RECORDS)
         .map(|seq| {
-            let msg = format!("<14>1 2026-11-28T19:00:00.000Z venue-sw1 app - - - forward test seq={seq}");
+            let msg = format!(
+                "<14>1 2026-11-28T19:00:00.000Z venue-sw1 app - - - forward test seq={seq}"
+            );
             outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, msg.into_bytes())
         })
         .collect();
-    let mut config = SinkConfig::new("rsyslog-tcp", SinkProtocol::SyslogTcp, &format!("{NOC}:{port}"));
+    let mut config =
+        SinkConfig::new("rsyslog-tcp", SinkProtocol::SyslogTcp, &format!("{NOC}:{port}"));
     config.add_record_id = true;
     config.max_records_per_second = 2000; // a few seconds of stream, so the kill lands mid-way
     let forward = forward_config();
@@ -251,15 +265,22 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
         let sender = scope.spawn(|| {
             let run = block_on_in(&link.appliance, async {
                 let mut sink = ManagedSink::new(&config, &forward).unwrap();
-                deliver_all(&mut sink, &records, BATCH, Duration::from_secs(90), Some(&acknowledged))
-                    .await
+                deliver_all(
+                    &mut sink,
+                    &records,
+                    BATCH,
+                    Duration::from_secs(90),
+                    Some(&acknowledged),
+                )
+                .await
             });
             done.store(true, Ordering::Relaxed);
             run
         });
         // Mid-stream: stop the receiver, keep it away a while, start it again.
         wait_until("a third of the stream", Duration::from_secs(60), || {
-            acknowledged.load(Ordering::Relaxed) as u64 >= RECORDS / 3 || done.load(Ordering::Relaxed)
+            acknowledged.load(Ordering::Relaxed) as u64 >= RECORDS / 3
+                || done.load(Ordering::Relaxed)
         });
         assert!(!done.load(Ordering::Relaxed), "the stream ended before the restart");
         receiver.take().unwrap().terminate();
@@ -286,9 +307,14 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
     // At most the in-flight batch of each broken connection comes twice.
     assert!(duplicated <= BATCH, "{duplicated} duplicates (window is one batch of {BATCH})");
     assert!(run.failures >= 1, "the restart was not noticed: {run:?}");
-    assert!(run.states.contains(&LinkState::Degraded) || run.states.contains(&LinkState::Down), "{run:?}");
+    assert!(
+        run.states.contains(&LinkState::Degraded) || run.states.contains(&LinkState::Down),
+        "{run:?}"
+    );
     assert_eq!(run.states.last(), Some(&LinkState::Up));
-    assert!(metric("raven_forward_acknowledged_records_total{sink=\"rsyslog-tcp\"}") >= RECORDS as f64);
+    assert!(
+        metric("raven_forward_acknowledged_records_total{sink=\"rsyslog-tcp\"}") >= RECORDS as f64
+    );
     assert!(metric("raven_forward_failures_total{reason=\"connect\",sink=\"rsyslog-tcp\"}") >= 1.0);
 }
 
@@ -311,7 +337,9 @@ fn nfcapd(noc: &Netns, dir: &Path, port: u16) -> Process {
 fn nfdump_flows(dir: &Path) -> usize {
     let out = sh(Command::new("nfdump").arg("-R").arg(dir).args(["-q", "-o", "csv"]));
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().filter(|l| !l.trim().is_empty() && l.contains(',') && !l.starts_with("ts,")).count()
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && l.contains(',') && !l.starts_with("ts,"))
+        .count()
 }
 
 /// Whether a NetFlow v9 / IPFIX datagram carries a (options) template set.
@@ -358,8 +386,10 @@ fn relay(link: &Link, sink: &mut ManagedSink, records: &[Outgoing]) {
 }
 
 fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
-    let datagrams: Vec<Vec<u8>> = common::shared_capture(capture).into_iter().map(|(_, p)| p).collect();
-    let split = datagrams.iter().rposition(|d| carries_templates(d)).expect("a template datagram") + 1;
+    let datagrams: Vec<Vec<u8>> =
+        common::shared_capture(capture).into_iter().map(|(_, p)| p).collect();
+    let split =
+        datagrams.iter().rposition(|d| carries_templates(d)).expect("a template datagram") + 1;
     assert!(split < datagrams.len(), "{capture}: no data-only datagrams after the last template");
     let records: Vec<Outgoing> = datagrams
         .iter()
@@ -369,8 +399,11 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
     let link = Link::new();
     let dir = tempfile::tempdir().unwrap();
     let forward = forward_config();
-    let ports = [9901u16, 9902, 9903, 9904];
-    let dirs: Vec<PathBuf> = ["direct", "relayed", "restarted", "unprimed"].iter().map(|d| dir.path().join(d)).collect();
+    let ports = [9901u16, 9902, 9903, 9904, 9905];
+    let dirs: Vec<PathBuf> = ["direct", "relayed", "restarted", "unprimed", "whole"]
+        .iter()
+        .map(|d| dir.path().join(d))
+        .collect();
     let collectors: Vec<Process> =
         dirs.iter().zip(ports).map(|(d, port)| nfcapd(&link.noc, d, port)).collect();
 
@@ -380,14 +413,16 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
     // sink "restarts" (a new sink primed from the stored datagrams, as after
     // an agent restart) and relays the rest to a collector that never saw
     // the templates: they must go ahead of the data.
-    let mut first = ManagedSink::new(&relay_config(&format!("{name}-a"), ports[1]), &forward).unwrap();
+    let mut first =
+        ManagedSink::new(&relay_config(&format!("{name}-a"), ports[1]), &forward).unwrap();
     relay(&link, &mut first, &records[..split]);
     let mapping = first.relay_mapping().unwrap().clone();
     assert_eq!(
         mapping.keys().map(|(ip, _)| *ip).collect::<Vec<_>>().first(),
         Some(&"198.18.0.2".parse::<IpAddr>().unwrap())
     );
-    let mut restarted = Sink::from_config(&relay_config(&format!("{name}-b"), ports[2]), &forward).unwrap();
+    let mut restarted =
+        Sink::from_config(&relay_config(&format!("{name}-b"), ports[2]), &forward).unwrap();
     if let Sink::UdpRelay(relay) = &mut restarted {
         relay.set_mapping(mapping.clone());
         relay.learn(&records[..split]);
@@ -397,16 +432,26 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
     relay(&link, &mut restarted, &records[split..]);
     assert_eq!(restarted.relay_mapping(), Some(&mapping), "ids stay stable across the restart");
     // Control: the same without priming loses the data at the collector.
-    let mut unprimed = ManagedSink::new(&relay_config(&format!("{name}-c"), ports[3]), &forward).unwrap();
+    let mut unprimed =
+        ManagedSink::new(&relay_config(&format!("{name}-c"), ports[3]), &forward).unwrap();
     relay(&link, &mut unprimed, &records[split..]);
+
+    // The whole capture through one sink.
+    let mut whole =
+        ManagedSink::new(&relay_config(&format!("{name}-w"), ports[4]), &forward).unwrap();
+    relay(&link, &mut whole, &records);
 
     thread::sleep(Duration::from_millis(500));
     for c in collectors {
         c.terminate();
     }
     let counts: Vec<usize> = dirs.iter().map(|d| nfdump_flows(d)).collect();
-    eprintln!("{capture}: {} datagrams (split {split}); flows direct/relayed/restarted/unprimed = {counts:?}", datagrams.len());
+    eprintln!(
+        "{capture}: {} datagrams (split {split}); flows direct/relayed/restarted/unprimed/whole = {counts:?}",
+        datagrams.len()
+    );
     assert!(counts[0] > 0, "nfcapd decoded nothing from the capture itself");
+    assert_eq!(counts[4], counts[0], "the relayed capture must give the collector every flow");
     assert_eq!(counts[1] + counts[2], counts[0], "relayed flows must equal direct flows");
     assert!(counts[2] > 0, "no flows after the restart: templates were not re-sent");
     assert!(counts[3] < counts[2], "control: without templates the collector should lose data");
@@ -439,14 +484,31 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
     let mut labels = Vec::new();
     for n in 0..8 {
         let label = format!("raven-v2c-{n}");
-        link.appliance.run("snmptrap", &["-v", "2c", "-c", "public", &to, "", "1.3.6.1.4.1.8072.2.3.0.1", oid, "s", &label]);
+        link.appliance.run(
+            "snmptrap",
+            &["-v", "2c", "-c", "public", &to, "", "1.3.6.1.4.1.8072.2.3.0.1", oid, "s", &label],
+        );
         labels.push(label);
     }
     for n in 0..4 {
         let label = format!("raven-v1-{n}");
         link.appliance.run(
             "snmptrap",
-            &["-v", "1", "-c", "public", &to, "1.3.6.1.4.1.8072.2.3", "198.18.0.2", "6", "17", "", oid, "s", &label],
+            &[
+                "-v",
+                "1",
+                "-c",
+                "public",
+                &to,
+                "1.3.6.1.4.1.8072.2.3",
+                "198.18.0.2",
+                "6",
+                "17",
+                "",
+                oid,
+                "s",
+                &label,
+            ],
         );
         labels.push(label);
     }
@@ -456,7 +518,22 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
             let child = link
                 .appliance
                 .command("snmpinform")
-                .args(["-v", "2c", "-c", "public", "-r", "0", "-t", "1", &to, "", "1.3.6.1.4.1.8072.2.3.0.1", oid, "s", &label])
+                .args([
+                    "-v",
+                    "2c",
+                    "-c",
+                    "public",
+                    "-r",
+                    "0",
+                    "-t",
+                    "1",
+                    &to,
+                    "",
+                    "1.3.6.1.4.1.8072.2.3.0.1",
+                    oid,
+                    "s",
+                    &label,
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -485,7 +562,12 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
     let conf = dir.path().join("snmptrapd.conf");
     std::fs::write(&conf, "disableAuthorization yes\n").unwrap();
     let mut cmd = link.noc.command("snmptrapd");
-    cmd.args(["-f", "-C", "-On", "-c"]).arg(&conf).arg("-Lf").arg(&log).arg("-p").arg(dir.path().join("pid"));
+    cmd.args(["-f", "-C", "-On", "-c"])
+        .arg(&conf)
+        .arg("-Lf")
+        .arg(&log)
+        .arg("-p")
+        .arg(dir.path().join("pid"));
     cmd.arg(format!("udp:{NOC}:1162"));
     let receiver = Process::spawn(cmd, "snmptrapd", &dir.path().join("snmptrapd.out"));
     wait_until("snmptrapd to start", Duration::from_secs(10), || {
@@ -511,7 +593,10 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
     }
     assert!(!text.contains("Response"), "a Response PDU reached the receiver:\n{text}");
     assert_eq!(metric("raven_forward_skipped_records_total{sink=\"noc-traps\"}"), 1.0);
-    assert_eq!(metric("raven_forward_acknowledged_records_total{sink=\"noc-traps\"}"), records.len() as f64);
+    assert_eq!(
+        metric("raven_forward_acknowledged_records_total{sink=\"noc-traps\"}"),
+        records.len() as f64
+    );
 }
 
 // ------------------------------------------------------------------ HTTP
@@ -531,7 +616,8 @@ async fn ingest(
 ) -> axum::http::StatusCode {
     let mut r = state.lock().unwrap();
     r.requests += 1;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let header =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     if header("content-encoding") != "gzip" || header("content-type") != "application/x-ndjson" {
         r.problems.push(format!("headers {headers:?}"));
     }
@@ -582,26 +668,37 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_state = state.clone();
     let server = thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
-            let app = axum::Router::new().route("/ingest", axum::routing::post(ingest)).with_state(server_state);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-        })
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(
+            async move {
+                let app = axum::Router::new()
+                    .route("/ingest", axum::routing::post(ingest))
+                    .with_state(server_state);
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            },
+        )
     });
 
     let records: Vec<Outgoing> = (0..250)
         .map(|seq| {
-            let mut r = outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, format!("<13>hello {seq}").into_bytes());
+            let mut r = outgoing(
+                Stream::Syslog,
+                seq,
+                "198.18.0.2:514",
+                514,
+                format!("<13>hello {seq}").into_bytes(),
+            );
             r.decoded = Some(Bytes::from(format!(r#"{{"severity":5,"message":"hello {seq}"}}"#)));
             r
         })
         .collect();
-    let config = SinkConfig::new("noc-http", SinkProtocol::Http, &format!("http://{NOC}:8088/ingest"));
+    let config =
+        SinkConfig::new("noc-http", SinkProtocol::Http, &format!("http://{NOC}:8088/ingest"));
     let run = block_on_in(&link.appliance, async {
         let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
         deliver_all(&mut sink, &records, 100, Duration::from_secs(20), None).await
@@ -617,6 +714,9 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
     assert_eq!(r.requests, 4);
     assert_eq!(run.failures, 1);
     assert_eq!(run.states.last(), Some(&LinkState::Up));
-    assert_eq!(metric("raven_forward_failures_total{reason=\"http_status\",sink=\"noc-http\"}"), 1.0);
+    assert_eq!(
+        metric("raven_forward_failures_total{reason=\"http_status\",sink=\"noc-http\"}"),
+        1.0
+    );
     assert_eq!(metric("raven_forward_retried_records_total{sink=\"noc-http\"}"), 100.0);
 }
