@@ -193,6 +193,12 @@ fn metric(name: &str) -> f64 {
 // ---------------------------------------------------------------- syslog
 
 fn rsyslog(noc: &Netns, dir: &Path, port: u16) -> Process {
+    rsyslog_with(noc, dir, port, "module(load=\"imtcp\")\n")
+}
+
+/// rsyslogd with `input_module` (the imtcp module line, with its TLS
+/// settings when wanted), writing each raw message as a line.
+fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Process {
     let conf = dir.join("rsyslog.conf");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -200,7 +206,7 @@ fn rsyslog(noc: &Netns, dir: &Path, port: u16) -> Process {
         &conf,
         format!(
             "global(workDirectory=\"{work}\")\n\
-             module(load=\"imtcp\")\n\
+             {input_module}\
              input(type=\"imtcp\" port=\"{port}\" address=\"{NOC}\")\n\
              template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
              action(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
@@ -316,6 +322,141 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
         metric("raven_forward_acknowledged_records_total{sink=\"rsyslog-tcp\"}") >= RECORDS as f64
     );
     assert!(metric("raven_forward_failures_total{reason=\"connect\",sink=\"rsyslog-tcp\"}") >= 1.0);
+}
+
+/// A CA, a server certificate for `noc.test` / 192.0.2.2 and a client
+/// certificate, made with the openssl CLI.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| sh(Command::new("openssl").args(args).current_dir(dir));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=raven-test-ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    for (name, cn, ext) in [
+        (
+            "server",
+            "noc.test",
+            "subjectAltName=DNS:noc.test,IP:192.0.2.2\nextendedKeyUsage=serverAuth\n",
+        ),
+        (
+            "client",
+            "raven-client",
+            "subjectAltName=DNS:raven-client\nextendedKeyUsage=clientAuth\n",
+        ),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}"),
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ]);
+    }
+}
+
+#[test]
+fn syslog_tls_with_client_certificate_reaches_rsyslog() {
+    const RECORDS: u64 = 500;
+    let link = Link::new();
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let port = 6515;
+    let module = format!(
+        "global(DefaultNetstreamDriver=\"gtls\" DefaultNetstreamDriverCAFile=\"{}\" \
+         DefaultNetstreamDriverCertFile=\"{}\" DefaultNetstreamDriverKeyFile=\"{}\")\n\
+         module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" \
+         StreamDriver.AuthMode=\"x509/certvalid\")\n",
+        file("ca.pem"),
+        file("server.pem"),
+        file("server.key"),
+    );
+    let receiver = rsyslog_with(&link.noc, dir.path(), port, &module);
+    let records: Vec<Outgoing> = (0..RECORDS)
+        .map(|seq| {
+            let msg =
+                format!("<14>1 2026-11-28T19:00:00.000Z venue-sw1 app - - - over tls seq={seq}");
+            outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, msg.into_bytes())
+        })
+        .collect();
+    let mut config =
+        SinkConfig::new("rsyslog-tls", SinkProtocol::SyslogTls, &format!("{NOC}:{port}"));
+    config.add_record_id = true;
+    config.server_name = "noc.test".into();
+    config.ca_file = file("ca.pem");
+    config.cert_file = file("client.pem");
+    config.key_file = file("client.key");
+    let forward = forward_config();
+    let run = block_on_in(&link.appliance, async {
+        let mut sink = ManagedSink::new(&config, &forward).unwrap();
+        sink.probe().await.expect("TLS handshake with rsyslogd");
+        deliver_all(&mut sink, &records, 100, Duration::from_secs(30), None).await
+    });
+    assert_eq!(run.failures, 0, "{run:?}");
+    let received = dir.path().join("received.log");
+    wait_until("rsyslog to write every message", Duration::from_secs(20), || {
+        received_syslog(&received).len() as u64 == RECORDS
+    });
+    receiver.terminate();
+    let seen = received_syslog(&received);
+    assert!(seen.values().all(|&n| n == 1), "duplicates without any failure");
+
+    // Without the client certificate rsyslogd refuses the session: the
+    // records are not acknowledged.
+    let mut anonymous = config.clone();
+    anonymous.name = "rsyslog-tls-anon".into();
+    anonymous.cert_file.clear();
+    anonymous.key_file.clear();
+    let receiver = rsyslog_with(&link.noc, dir.path(), port, &module);
+    let result = block_on_in(&link.appliance, async {
+        let mut sink = ManagedSink::new(&anonymous, &forward).unwrap();
+        sink.send(&records[..10]).await
+    });
+    receiver.terminate();
+    let failure = result.expect_err("rsyslogd must refuse a client without a certificate");
+    assert_eq!(failure.acknowledged, 0);
 }
 
 // ------------------------------------------------------------- UDP relay
