@@ -585,11 +585,9 @@ impl ForwardConfig {
             if tls && sink.ca_file.is_empty() {
                 problem(key("ca_file"), "TLS needs a CA file to verify the server");
             }
-            if !tls
-                && !(sink.ca_file.is_empty()
-                    && sink.cert_file.is_empty()
-                    && sink.key_file.is_empty())
-            {
+            let has_tls_files =
+                !(sink.ca_file.is_empty() && sink.cert_file.is_empty() && sink.key_file.is_empty());
+            if !tls && has_tls_files {
                 problem(key("ca_file"), "TLS files only apply to syslog_tls and https sinks");
             }
             if sink.cert_file.is_empty() != sink.key_file.is_empty() {

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio_rustls::TlsConnector;
 
 use super::{
@@ -42,7 +42,7 @@ pub fn json_line(record: &Outgoing) -> Vec<u8> {
             Value::Object(map) => Some(map),
             _ => None,
         })
-        .unwrap_or_else(Map::new);
+        .unwrap_or_default();
     let decoded = !fields.is_empty();
     let ts = time::OffsetDateTime::from(record.captured_at)
         .format(&time::format_description::well_known::Rfc3339)

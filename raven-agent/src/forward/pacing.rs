@@ -20,7 +20,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: u64) -> Option<Bucket> {
-        (rate > 0).then(|| Bucket { rate: rate as f64, tokens: rate as f64 })
+        (rate > 0).then_some(Bucket { rate: rate as f64, tokens: rate as f64 })
     }
 
     fn refill(&mut self, elapsed: Duration) {

@@ -94,12 +94,15 @@ struct Templates {
     resend_needed: bool,
 }
 
+/// A template record seen in a datagram: its key and bytes (None: withdrawn).
+type LearnedTemplate = ((Kind, u16), Option<Vec<u8>>);
+
 /// What parsing found in one datagram.
 struct Parsed {
     flavor: Flavor,
     domain: u32,
     has_data: bool,
-    learned: Vec<((Kind, u16), Option<Vec<u8>>)>,
+    learned: Vec<LearnedTemplate>,
     malformed: bool,
 }
 
@@ -155,7 +158,7 @@ fn template_records(
     flavor: Flavor,
     kind: Kind,
     body: &[u8],
-    out: &mut Vec<((Kind, u16), Option<Vec<u8>>)>,
+    out: &mut Vec<LearnedTemplate>,
 ) -> bool {
     let mut at = 0;
     loop {
