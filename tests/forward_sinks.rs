@@ -483,6 +483,22 @@ fn nfdump_flows(dir: &Path) -> usize {
         .count()
 }
 
+/// The exporters nfcapd recorded (`nfdump -E`), as their printed lines.
+fn nfdump_exporters(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("nfcapd.") {
+            continue;
+        }
+        let out = sh(Command::new("nfdump").arg("-E").arg(&path));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        eprintln!("nfdump -E {}:\n{text}", path.display());
+        lines.extend(text.lines().filter(|l| l.starts_with("SysID:")).map(String::from));
+    }
+    lines
+}
+
 /// Whether a NetFlow v9 / IPFIX datagram carries a (options) template set.
 fn carries_templates(d: &[u8]) -> bool {
     let (mut at, ids) = match d.get(..2) {
@@ -577,10 +593,21 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
         ManagedSink::new(&relay_config(&format!("{name}-c"), ports[3]), &forward).unwrap();
     relay(&link, &mut unprimed, &records[split..]);
 
-    // The whole capture through one sink.
+    // The whole capture through one sink, from two exporters that use the
+    // same source id / domain: the collector must keep them apart.
     let mut whole =
         ManagedSink::new(&relay_config(&format!("{name}-w"), ports[4]), &forward).unwrap();
-    relay(&link, &mut whole, &records);
+    let second: Vec<Outgoing> = records
+        .iter()
+        .map(|r| Outgoing { src: "198.18.0.3:40000".parse().unwrap(), ..r.clone() })
+        .collect();
+    // (one runtime: the sink's socket belongs to the runtime that made it)
+    relay(&link, &mut whole, &[records.clone(), second].concat());
+    let mapping = whole.relay_mapping().unwrap().clone();
+    let exporters: std::collections::BTreeSet<IpAddr> = mapping.keys().map(|(ip, _)| *ip).collect();
+    assert_eq!(exporters.len(), 2, "{mapping:?}");
+    let ids: std::collections::BTreeSet<u32> = mapping.values().copied().collect();
+    assert_eq!(ids.len(), mapping.len(), "one relayed id per (exporter, domain): {mapping:?}");
 
     thread::sleep(Duration::from_millis(500));
     for c in collectors {
@@ -592,7 +619,14 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
         datagrams.len()
     );
     assert!(counts[0] > 0, "nfcapd decoded nothing from the capture itself");
-    assert_eq!(counts[4], counts[0], "the relayed capture must give the collector every flow");
+    assert_eq!(counts[4], 2 * counts[0], "the relayed captures must give the collector every flow");
+    let exporters = nfdump_exporters(&dirs[4]);
+    eprintln!("{capture}: exporters at the collector: {exporters:?}");
+    assert_eq!(
+        exporters.len(),
+        mapping.len(),
+        "the collector must see one exporter per (exporter, domain): {mapping:?}"
+    );
     assert_eq!(counts[1] + counts[2], counts[0], "relayed flows must equal direct flows");
     assert!(counts[2] > 0, "no flows after the restart: templates were not re-sent");
     assert!(counts[3] < counts[2], "control: without templates the collector should lose data");
