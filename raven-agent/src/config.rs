@@ -23,6 +23,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub api: ApiConfig,
     pub service: ServiceConfig,
+    // --- forward (issue 5) ---
+    pub forward: ForwardConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -307,7 +309,313 @@ impl Config {
         if self.service.user.contains(['/', ':', ' ', '\0']) {
             problem("service.user".into(), "not a valid user name");
         }
+        for (key, reason) in self.forward.problems() {
+            problem(key, &reason);
+        }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+}
+
+// --- forward (issue 5) ---
+
+/// `[forward]`: where records go upstream and how hard Raven tries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// The appliance part of every record id `<appliance_id>:<stream>:<seq>`.
+    pub appliance_id: String,
+    /// Backoff after a failed attempt: full jitter in [0, min(max, min·2^(n-1))].
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failures that open a sink's circuit breaker (state down).
+    pub breaker_failures: u32,
+    /// How often an idle sink's link is probed (milliseconds).
+    pub probe_interval_ms: u64,
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            appliance_id: "raven".to_string(),
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+            breaker_failures: 5,
+            probe_interval_ms: 10_000,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkProtocol {
+    SyslogTcp,
+    SyslogTls,
+    SyslogUdp,
+    UdpRelay,
+    Snmp,
+    Http,
+}
+
+impl SinkProtocol {
+    /// The streams a sink of this protocol takes when `streams` is empty.
+    pub fn default_streams(self) -> &'static [Stream] {
+        match self {
+            SinkProtocol::SyslogTcp | SinkProtocol::SyslogTls | SinkProtocol::SyslogUdp => {
+                &[Stream::Syslog]
+            }
+            SinkProtocol::UdpRelay => &[Stream::Netflow, Stream::Ipfix, Stream::Sflow],
+            SinkProtocol::Snmp => &[Stream::Snmp],
+            SinkProtocol::Http => &Stream::ALL,
+        }
+    }
+
+    /// Streams a sink of this protocol can carry at all.
+    fn can_carry(self, stream: Stream) -> bool {
+        self == SinkProtocol::Http || self.default_streams().contains(&stream)
+    }
+}
+
+/// How syslog messages are delimited on a TCP/TLS stream (RFC 6587).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyslogFraming {
+    /// `LEN SP MSG` (RFC 6587 3.4.1): any message content is safe.
+    OctetCounting,
+    /// `MSG LF` (RFC 6587 3.4.2): for receivers without octet counting.
+    Lf,
+}
+
+/// One `[[forward.sinks]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique name (metrics label, cursor key, CLI/API).
+    pub name: String,
+    pub protocol: SinkProtocol,
+    /// `HOST:PORT` (syslog_*, udp_relay, snmp) or an `http://`/`https://` URL.
+    pub endpoint: String,
+    /// Streams this sink takes; empty: the protocol's natural streams.
+    #[serde(default)]
+    pub streams: Vec<Stream>,
+    /// syslog_tcp / syslog_tls only.
+    #[serde(default = "default_framing")]
+    pub framing: SyslogFraming,
+    /// TLS (syslog_tls, https): PEM CA bundle to verify the server; empty:
+    /// refuse (Raven has no built-in roots).
+    #[serde(default)]
+    pub ca_file: String,
+    /// TLS client certificate chain and key (PEM), both or neither.
+    #[serde(default)]
+    pub cert_file: String,
+    #[serde(default)]
+    pub key_file: String,
+    /// Name checked against the server certificate; empty: the endpoint host.
+    #[serde(default)]
+    pub server_name: String,
+    /// syslog: add a structured-data element with the record id to RFC 5424 messages.
+    #[serde(default)]
+    pub add_record_id: bool,
+    /// SD-ID of that element.
+    #[serde(default = "default_sd_id")]
+    pub sd_id: String,
+    /// Pacing; 0 means unlimited.
+    #[serde(default)]
+    pub max_records_per_second: u64,
+    #[serde(default)]
+    pub max_bytes_per_second: u64,
+    /// The forwarder pauses this sink while the VPN is down.
+    #[serde(default)]
+    pub requires_vpn: bool,
+    /// snmp: forward informs as SNMPv2 traps (the NOC receiver does not answer).
+    #[serde(default = "default_true")]
+    pub informs_as_traps: bool,
+    /// udp_relay: give each (exporter, source id / domain) its own id upstream.
+    #[serde(default = "default_true")]
+    pub rewrite_domains: bool,
+    /// udp_relay: re-send known templates at least this often (seconds).
+    #[serde(default = "default_template_interval")]
+    pub template_resend_interval_s: u64,
+    /// Connect timeout (milliseconds).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// syslog_tcp/tls: how long written bytes may stay unacknowledged by the
+    /// peer's TCP stack (milliseconds); http: the request timeout.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout_ms: u64,
+    /// syslog_tcp/tls: the connection must stay healthy this long after the
+    /// peer ACKed a batch before the batch counts as acknowledged (ms).
+    #[serde(default = "default_ack_confirm")]
+    pub ack_confirm_ms: u64,
+}
+
+fn default_framing() -> SyslogFraming {
+    SyslogFraming::OctetCounting
+}
+fn default_sd_id() -> String {
+    "raven@32473".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_template_interval() -> u64 {
+    300
+}
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+fn default_ack_timeout() -> u64 {
+    10_000
+}
+fn default_ack_confirm() -> u64 {
+    100
+}
+
+impl SinkConfig {
+    /// A sink with every optional key at its default.
+    pub fn new(name: &str, protocol: SinkProtocol, endpoint: &str) -> SinkConfig {
+        SinkConfig {
+            name: name.to_string(),
+            protocol,
+            endpoint: endpoint.to_string(),
+            streams: Vec::new(),
+            framing: default_framing(),
+            ca_file: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            server_name: String::new(),
+            add_record_id: false,
+            sd_id: default_sd_id(),
+            max_records_per_second: 0,
+            max_bytes_per_second: 0,
+            requires_vpn: false,
+            informs_as_traps: true,
+            rewrite_domains: true,
+            template_resend_interval_s: default_template_interval(),
+            connect_timeout_ms: default_connect_timeout(),
+            ack_timeout_ms: default_ack_timeout(),
+            ack_confirm_ms: default_ack_confirm(),
+        }
+    }
+
+    pub fn effective_streams(&self) -> Vec<Stream> {
+        if self.streams.is_empty() {
+            self.protocol.default_streams().to_vec()
+        } else {
+            self.streams.clone()
+        }
+    }
+
+    /// The host part of `endpoint` (`HOST:PORT`, `[V6]:PORT` or a URL).
+    pub fn endpoint_host(&self) -> String {
+        let rest = self.endpoint.split_once("://").map_or(self.endpoint.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some(v6) = authority.strip_prefix('[') {
+            return v6.split(']').next().unwrap_or_default().to_string();
+        }
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h).to_string()
+    }
+}
+
+/// RFC 5424 SD-NAME: 1–32 printable US-ASCII, no `=`, SP, `]`, `"`.
+fn valid_sd_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id.bytes().all(|b| (33..=126).contains(&b) && !b"= ]\"".contains(&b))
+}
+
+impl ForwardConfig {
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, reason: &str| out.push((key, reason.to_string()));
+        if self.appliance_id.is_empty() || self.appliance_id.contains([':', ' ', '\0']) {
+            problem("forward.appliance_id".into(), "must be non-empty, without ':' or spaces");
+        }
+        if self.backoff_min_ms == 0 {
+            problem("forward.backoff_min_ms".into(), "must be at least 1 ms");
+        }
+        if self.backoff_max_ms < self.backoff_min_ms {
+            problem("forward.backoff_max_ms".into(), "must be at least backoff_min_ms");
+        }
+        if self.breaker_failures == 0 {
+            problem("forward.breaker_failures".into(), "must be at least 1");
+        }
+        if self.probe_interval_ms < 100 {
+            problem("forward.probe_interval_ms".into(), "must be at least 100 ms");
+        }
+        let mut names = BTreeSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let key = |k: &str| format!("forward.sinks[{i}].{k}");
+            if sink.name.is_empty()
+                || !sink.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                problem(key("name"), "must be non-empty letters, digits, '-', '_' or '.'");
+            }
+            if !names.insert(sink.name.as_str()) {
+                problem(key("name"), "sink name used twice");
+            }
+            match sink.protocol {
+                SinkProtocol::Http => {
+                    let ok = sink.endpoint.parse::<http::Uri>().is_ok_and(|u| {
+                        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                    });
+                    if !ok {
+                        problem(key("endpoint"), "must be an http:// or https:// URL");
+                    }
+                }
+                _ => {
+                    let port_ok = sink.endpoint.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    });
+                    if !port_ok {
+                        problem(key("endpoint"), "must be HOST:PORT");
+                    }
+                }
+            }
+            for (j, stream) in sink.streams.iter().enumerate() {
+                if !sink.protocol.can_carry(*stream) {
+                    problem(
+                        format!("forward.sinks[{i}].streams[{j}]"),
+                        "this protocol cannot carry that stream",
+                    );
+                }
+            }
+            let tls = sink.protocol == SinkProtocol::SyslogTls
+                || (sink.protocol == SinkProtocol::Http && sink.endpoint.starts_with("https://"));
+            if tls && sink.ca_file.is_empty() {
+                problem(key("ca_file"), "TLS needs a CA file to verify the server");
+            }
+            let has_tls_files =
+                !(sink.ca_file.is_empty() && sink.cert_file.is_empty() && sink.key_file.is_empty());
+            if !tls && has_tls_files {
+                problem(key("ca_file"), "TLS files only apply to syslog_tls and https sinks");
+            }
+            if sink.cert_file.is_empty() != sink.key_file.is_empty() {
+                problem(key("cert_file"), "cert_file and key_file go together");
+            }
+            if !valid_sd_id(&sink.sd_id) {
+                problem(
+                    key("sd_id"),
+                    "not a valid RFC 5424 SD-ID (1-32 printable, no = ] \" or space)",
+                );
+            }
+            if sink.add_record_id && !sink.protocol.default_streams().contains(&Stream::Syslog) {
+                problem(
+                    key("add_record_id"),
+                    "only syslog sinks carry the record id in the message",
+                );
+            }
+            if sink.template_resend_interval_s == 0 {
+                problem(key("template_resend_interval_s"), "must be at least 1 s");
+            }
+            if sink.connect_timeout_ms == 0 || sink.ack_timeout_ms == 0 {
+                problem(key("ack_timeout_ms"), "timeouts must be at least 1 ms");
+            }
+            if sink.ack_confirm_ms > sink.ack_timeout_ms {
+                problem(key("ack_confirm_ms"), "must not exceed ack_timeout_ms");
+            }
+        }
+        out
     }
 }
 
@@ -377,6 +685,41 @@ mod tests {
         let missing: Vec<_> =
             keys.iter().filter(|k| !doc.contains(&format!("| `{k}` |"))).collect();
         assert!(missing.is_empty(), "keys without a row in docs/configuration.md: {missing:?}");
+    }
+
+    #[test]
+    fn forward_sinks_parse_with_defaults_and_are_validated() {
+        let ok = Config::parse(
+            "[forward]\nappliance_id = \"venue-7\"\n\
+             [[forward.sinks]]\nname = \"noc-syslog\"\nprotocol = \"syslog_tcp\"\n\
+             endpoint = \"192.0.2.10:6514\"\nadd_record_id = true\n",
+        )
+        .unwrap();
+        let sink = &ok.forward.sinks[0];
+        assert_eq!(sink.framing, SyslogFraming::OctetCounting);
+        assert_eq!(sink.sd_id, "raven@32473");
+        assert_eq!(sink.effective_streams(), [Stream::Syslog]);
+        assert_eq!(sink.endpoint_host(), "192.0.2.10");
+        let err = Config::parse(
+            "[[forward.sinks]]\nname = \"a\"\nprotocol = \"syslog_tls\"\nendpoint = \"x\"\n\
+             streams = [\"netflow\"]\n\
+             [[forward.sinks]]\nname = \"a\"\nprotocol = \"http\"\nendpoint = \"ftp://x\"\n\
+             sd_id = \"bad id\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "forward.sinks[0].endpoint",
+                "forward.sinks[0].streams[0]",
+                "forward.sinks[0].ca_file",
+                "forward.sinks[1].name",
+                "forward.sinks[1].endpoint",
+                "forward.sinks[1].sd_id",
+            ]
+        );
     }
 
     #[test]

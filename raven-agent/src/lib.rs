@@ -5,6 +5,7 @@ pub mod api;
 pub mod capture;
 pub mod config;
 pub mod decode;
+pub mod forward;
 pub mod metrics;
 pub mod pipeline;
 pub mod privilege;

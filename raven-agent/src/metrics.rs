@@ -12,7 +12,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::record::{Stream, Via};
 
@@ -31,6 +31,8 @@ pub struct Metrics {
     exporter_bytes: IntCounterVec,
     exporter_ring_full: IntCounterVec,
     xdp_attached: IntGaugeVec,
+    // --- forward (issue 5) ---
+    forward: ForwardMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -122,6 +124,7 @@ impl Metrics {
                 &["exporter", "stream"],
             ),
             xdp_attached,
+            forward: ForwardMetrics::new(&r),
             registry: r,
         }
     }
@@ -355,6 +358,139 @@ pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
         }
     }
     out
+}
+
+// --- forward (issue 5) ---
+
+struct ForwardMetrics {
+    sent_records: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    acknowledged: IntCounterVec,
+    skipped: IntCounterVec,
+    retries: IntCounterVec,
+    failures: IntCounterVec,
+    state: IntGaugeVec,
+    state_seconds: CounterVec,
+}
+
+impl ForwardMetrics {
+    fn new(r: &Registry) -> ForwardMetrics {
+        let state = IntGaugeVec::new(
+            Opts::new("raven_forward_link_state", "Link state of a sink: 0 down, 1 degraded, 2 up"),
+            &["sink"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(state.clone())).expect("metric registered once");
+        let state_seconds = CounterVec::new(
+            Opts::new(
+                "raven_forward_link_state_seconds_total",
+                "Time a sink spent in each link state",
+            ),
+            &["sink", "state"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(state_seconds.clone())).expect("metric registered once");
+        ForwardMetrics {
+            sent_records: counter(
+                r,
+                "raven_forward_sent_records_total",
+                "Records handed to a sink (attempts, retries included)",
+                &["sink"],
+            ),
+            sent_bytes: counter(
+                r,
+                "raven_forward_sent_bytes_total",
+                "Bytes a sink put on the wire for acknowledged batches",
+                &["sink"],
+            ),
+            acknowledged: counter(
+                r,
+                "raven_forward_acknowledged_records_total",
+                "Records the upstream acknowledged (the cursor may move over them)",
+                &["sink"],
+            ),
+            skipped: counter(
+                r,
+                "raven_forward_skipped_records_total",
+                "Acknowledged records not sent because the protocol cannot carry them",
+                &["sink"],
+            ),
+            retries: counter(
+                r,
+                "raven_forward_retried_records_total",
+                "Records sent again after a failed attempt",
+                &["sink"],
+            ),
+            failures: counter(
+                r,
+                "raven_forward_failures_total",
+                "Failed sends and probes of a sink, by reason",
+                &["sink", "reason"],
+            ),
+            state,
+            state_seconds,
+        }
+    }
+}
+
+/// One batch (or probe) handed to a sink, and its outcome.
+pub struct ForwardBatchSent<'a> {
+    pub sink: &'a str,
+    pub sent: u64,
+    pub bytes: u64,
+    pub acknowledged: u64,
+    pub skipped: u64,
+    pub retried: u64,
+    /// The failure reason, if the attempt failed.
+    pub failure: Option<&'static str>,
+}
+
+impl InternalEvent for ForwardBatchSent<'_> {
+    fn emit(self) {
+        let m = &metrics().forward;
+        let sink = [self.sink];
+        m.sent_records.with_label_values(&sink).inc_by(self.sent);
+        m.sent_bytes.with_label_values(&sink).inc_by(self.bytes);
+        m.acknowledged.with_label_values(&sink).inc_by(self.acknowledged);
+        if self.skipped > 0 {
+            m.skipped.with_label_values(&sink).inc_by(self.skipped);
+        }
+        if self.retried > 0 {
+            m.retries.with_label_values(&sink).inc_by(self.retried);
+        }
+        if let Some(reason) = self.failure {
+            tracing::warn!(
+                sink = self.sink,
+                reason,
+                records = self.sent,
+                acknowledged = self.acknowledged,
+                "forwarding attempt failed"
+            );
+            m.failures.with_label_values(&[self.sink, reason]).inc();
+        }
+    }
+}
+
+/// A sink's current link state and the time it spent in each state so far.
+pub struct ForwardLinkState<'a> {
+    pub sink: &'a str,
+    pub state: crate::forward::LinkState,
+    pub seconds_in_state: [(crate::forward::LinkState, f64); 3],
+}
+
+impl InternalEvent for ForwardLinkState<'_> {
+    fn emit(self) {
+        let m = &metrics().forward;
+        m.state.with_label_values(&[self.sink]).set(self.state.value());
+        for (state, seconds) in self.seconds_in_state {
+            let counter = m.state_seconds.with_label_values(&[self.sink, state.name()]);
+            // A counter only grows: add what accrued since the last report.
+            let delta = seconds - counter.get();
+            if delta > 0.0 {
+                counter.inc_by(delta);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     "snmp",
     "snmptrapd",
     "rsyslog",
+    "rsyslog-gnutls",
+    "openssl",
     "openvpn",
     "easy-rsa",
     "nftables",

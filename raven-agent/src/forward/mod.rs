@@ -1,0 +1,379 @@
+//! Forwarding: the sending side of Raven. A sink is one upstream destination
+//! (a NOC syslog server, flow collector, trap receiver or HTTP endpoint);
+//! the forwarder reads records from the store and hands them to the sink in
+//! batches, moving its cursor only over what the sink acknowledged.
+//!
+//! Invariants:
+//! - [`Sink::send`] always reports an acknowledged *prefix* of the batch it
+//!   was given ([`Delivered::acknowledged`], or
+//!   [`SinkFailure::acknowledged`] on error). Records after that prefix were
+//!   not acknowledged; the caller re-sends them from its cursor. What
+//!   "acknowledged" means per protocol, and what can therefore arrive twice,
+//!   is in `docs/forwarding.md` and on each sink type.
+//! - A sink never panics on a record: a payload it cannot rewrite is sent
+//!   unchanged (and counted), a record its protocol cannot carry is skipped
+//!   as acknowledged with a reason (counted), never silently.
+//! - Every record has a stable id `<appliance>:<stream>:<seq>`
+//!   ([`RecordId`]); protocols with room for it carry it (syslog structured
+//!   data when enabled, HTTP `raven_id`), so the NOC can de-duplicate.
+//! - Sinks hold no cursor and touch no store: [`ManagedSink`] adds link
+//!   health ([`health`]), pacing ([`pacing`]) and metrics around a [`Sink`];
+//!   the forwarder owns cursors.
+//!
+//! Protocols (one module each): [`syslog`] (TCP with RFC 6587 framing, TLS,
+//! UDP), [`udp_relay`] (NetFlow v5/v9, IPFIX, sFlow datagrams with source-id
+//! rewriting and template re-sending), [`snmp`] (trap re-send, informs as
+//! traps), [`http`] (gzip JSON lines).
+
+pub mod health;
+pub mod http;
+pub mod pacing;
+pub mod snmp;
+pub mod syslog;
+pub mod udp_relay;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
+};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::{
+    config::{ForwardConfig, SinkConfig, SinkProtocol},
+    metrics,
+    record::Stream,
+};
+
+pub use health::{LinkHealth, LinkState};
+
+/// The stable identity of a stored record: `<appliance>:<stream>:<seq>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId {
+    pub appliance: String,
+    pub stream: Stream,
+    pub seq: u64,
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.appliance, self.stream, self.seq)
+    }
+}
+
+/// One record on its way upstream, as the forwarder reads it from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: RecordId,
+    pub captured_at: SystemTime,
+    /// The device that sent it to Raven.
+    pub src: SocketAddr,
+    /// The port it was sent to.
+    pub dst_port: u16,
+    /// Exactly the bytes Raven received.
+    pub payload: Bytes,
+    /// The decoded fields as one JSON object, when the decoder produced any.
+    pub decoded: Option<Bytes>,
+}
+
+/// What a sink acknowledged of one batch: always a prefix of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// The first `acknowledged` records of the batch are acknowledged; the
+    /// forwarder may move its cursor to the last of them.
+    pub acknowledged: usize,
+    /// Bytes put on the wire for the batch (framing and rewriting included).
+    pub bytes: u64,
+    /// Of the acknowledged records, how many were not sent because the
+    /// protocol cannot carry them (e.g. an SNMP Response PDU to a trap
+    /// receiver); counted as skipped.
+    pub skipped: usize,
+}
+
+/// A failed send: what was acknowledged before the failure, and why it failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{error} (after {acknowledged} acknowledged records)")]
+pub struct SinkFailure {
+    pub acknowledged: usize,
+    pub error: SinkError,
+}
+
+impl SinkFailure {
+    pub fn none_acknowledged(error: SinkError) -> SinkFailure {
+        SinkFailure { acknowledged: 0, error }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot resolve {endpoint}: {reason}")]
+    Resolve { endpoint: String, reason: String },
+    #[error("connect to {endpoint}: {source}")]
+    Connect { endpoint: String, source: std::io::Error },
+    #[error("connect to {endpoint} timed out")]
+    ConnectTimeout { endpoint: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("write: {0}")]
+    Write(std::io::Error),
+    #[error("the peer closed or reset the connection before acknowledging")]
+    ConnectionLost,
+    #[error("the peer did not acknowledge {unacknowledged_bytes} bytes in time")]
+    AckTimeout { unacknowledged_bytes: u64 },
+    #[error("HTTP status {0}")]
+    HttpStatus(u16),
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("sink configuration: {0}")]
+    Config(String),
+}
+
+impl SinkError {
+    /// The `reason` label of the failure counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SinkError::Resolve { .. } => "resolve",
+            SinkError::Connect { .. } => "connect",
+            SinkError::ConnectTimeout { .. } => "connect_timeout",
+            SinkError::Tls(_) => "tls",
+            SinkError::Write(_) => "write",
+            SinkError::ConnectionLost => "connection_lost",
+            SinkError::AckTimeout { .. } => "ack_timeout",
+            SinkError::HttpStatus(_) => "http_status",
+            SinkError::Http(_) => "http",
+            SinkError::Config(_) => "config",
+        }
+    }
+}
+
+/// Resolves `host:port` (names too) to the first address.
+pub(crate) async fn resolve(endpoint: &str) -> Result<SocketAddr, SinkError> {
+    let resolve_error =
+        |reason: String| SinkError::Resolve { endpoint: endpoint.to_string(), reason };
+    tokio::net::lookup_host(endpoint)
+        .await
+        .map_err(|e| resolve_error(e.to_string()))?
+        .next()
+        .ok_or_else(|| resolve_error("no address".to_string()))
+}
+
+/// An upstream destination speaking one protocol.
+#[allow(clippy::large_enum_variant)] // one per configured sink
+pub enum Sink {
+    Syslog(syslog::SyslogSink),
+    UdpRelay(udp_relay::UdpRelaySink),
+    Snmp(snmp::SnmpSink),
+    Http(http::HttpSink),
+}
+
+impl Sink {
+    /// Builds the sink a configuration entry describes (no I/O yet: the
+    /// first send or probe connects).
+    pub fn from_config(sink: &SinkConfig, forward: &ForwardConfig) -> Result<Sink, SinkError> {
+        Ok(match sink.protocol {
+            SinkProtocol::SyslogTcp | SinkProtocol::SyslogTls | SinkProtocol::SyslogUdp => {
+                Sink::Syslog(syslog::SyslogSink::from_config(sink)?)
+            }
+            SinkProtocol::UdpRelay => Sink::UdpRelay(udp_relay::UdpRelaySink::from_config(sink)),
+            SinkProtocol::Snmp => Sink::Snmp(snmp::SnmpSink::from_config(sink)),
+            SinkProtocol::Http => Sink::Http(http::HttpSink::from_config(sink, forward)?),
+        })
+    }
+
+    /// Sends a batch (in order) and reports the acknowledged prefix.
+    pub async fn send(&mut self, batch: &[Outgoing]) -> Result<Delivered, SinkFailure> {
+        match self {
+            Sink::Syslog(s) => s.send(batch).await,
+            Sink::UdpRelay(s) => s.send(batch).await,
+            Sink::Snmp(s) => s.send(batch).await,
+            Sink::Http(s) => s.send(batch).await,
+        }
+    }
+
+    /// Checks the link without sending records (connects if needed).
+    pub async fn probe(&mut self) -> Result<(), SinkError> {
+        match self {
+            Sink::Syslog(s) => s.probe().await,
+            Sink::UdpRelay(s) => s.probe().await,
+            Sink::Snmp(s) => s.probe().await,
+            Sink::Http(s) => s.probe().await,
+        }
+    }
+
+    /// Drops any connection; the next send reconnects (and the UDP relay
+    /// re-sends its templates first).
+    pub fn reset(&mut self) {
+        match self {
+            Sink::Syslog(s) => s.reset(),
+            Sink::UdpRelay(s) => s.reset(),
+            Sink::Snmp(s) => s.reset(),
+            Sink::Http(s) => s.reset(),
+        }
+    }
+
+    /// The UDP relay's (exporter, original domain) → relayed domain map.
+    pub fn relay_mapping(&self) -> Option<&BTreeMap<(IpAddr, u32), u32>> {
+        match self {
+            Sink::UdpRelay(s) => Some(s.mapping()),
+            _ => None,
+        }
+    }
+}
+
+/// A sink with its link health, pacing and metrics: what the forwarder
+/// drives. The forwarder loop is
+/// `wait_ready → read from cursor → send → move cursor by acknowledged`,
+/// plus `probe` when idle for `forward.probe_interval_ms`.
+pub struct ManagedSink {
+    name: String,
+    streams: Vec<Stream>,
+    requires_vpn: bool,
+    sink: Sink,
+    health: LinkHealth,
+    pacer: pacing::Pacer,
+    /// The last attempt failed: the next records sent are retries.
+    retrying: bool,
+}
+
+impl ManagedSink {
+    pub fn new(config: &SinkConfig, forward: &ForwardConfig) -> Result<ManagedSink, SinkError> {
+        let sink = Sink::from_config(config, forward)?;
+        Ok(ManagedSink::with_sink(config, forward, sink))
+    }
+
+    /// Wraps an already built sink (tests, or a sink restored with state).
+    pub fn with_sink(config: &SinkConfig, forward: &ForwardConfig, sink: Sink) -> ManagedSink {
+        let health = LinkHealth::new(health::HealthPolicy::from_config(forward), Instant::now());
+        let managed = ManagedSink {
+            name: config.name.clone(),
+            streams: config.effective_streams(),
+            requires_vpn: config.requires_vpn,
+            sink,
+            health,
+            pacer: pacing::Pacer::new(
+                config.max_records_per_second,
+                config.max_bytes_per_second,
+                Instant::now(),
+            ),
+            retrying: false,
+        };
+        managed.publish_state();
+        managed
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The streams this sink takes.
+    pub fn streams(&self) -> &[Stream] {
+        &self.streams
+    }
+
+    /// Whether the forwarder must pause this sink while the VPN is down.
+    pub fn requires_vpn(&self) -> bool {
+        self.requires_vpn
+    }
+
+    pub fn state(&self) -> LinkState {
+        self.health.state()
+    }
+
+    pub fn health(&self) -> &LinkHealth {
+        &self.health
+    }
+
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    pub fn sink_mut(&mut self) -> &mut Sink {
+        &mut self.sink
+    }
+
+    /// The UDP relay's domain mapping (None for other protocols).
+    pub fn relay_mapping(&self) -> Option<&BTreeMap<(IpAddr, u32), u32>> {
+        self.sink.relay_mapping()
+    }
+
+    /// Waits until backoff and the circuit breaker allow the next attempt.
+    pub async fn wait_ready(&mut self) {
+        tokio::time::sleep_until(self.health.ready_at()).await;
+    }
+
+    /// Paces, sends, and records the outcome in link health and metrics.
+    /// Callers should `wait_ready` first; a send while the breaker is open
+    /// is the half-open trial.
+    pub async fn send(&mut self, batch: &[Outgoing]) -> Result<Delivered, SinkFailure> {
+        if batch.is_empty() {
+            return Ok(Delivered::default());
+        }
+        let wire_estimate: u64 = batch.iter().map(|r| r.payload.len() as u64).sum();
+        self.pacer.acquire(batch.len() as u64, wire_estimate).await;
+        let retry = self.retrying;
+        let result = self.sink.send(batch).await;
+        let now = Instant::now();
+        let (acknowledged, bytes, skipped, failure) = match &result {
+            Ok(d) => (d.acknowledged, d.bytes, d.skipped, None),
+            Err(f) => (f.acknowledged, 0, 0, Some(f.error.reason())),
+        };
+        match failure {
+            None => {
+                self.health.record_success(now);
+                self.retrying = false;
+            }
+            Some(_) => {
+                self.health.record_failure(now);
+                self.retrying = true;
+                self.sink.reset();
+            }
+        }
+        metrics::emit(metrics::ForwardBatchSent {
+            sink: &self.name,
+            sent: batch.len() as u64,
+            bytes,
+            acknowledged: acknowledged as u64,
+            skipped: skipped as u64,
+            retried: if retry { batch.len() as u64 } else { 0 },
+            failure,
+        });
+        self.publish_state();
+        result
+    }
+
+    /// The periodic link check; updates health like a send does.
+    pub async fn probe(&mut self) -> Result<(), SinkError> {
+        let result = self.sink.probe().await;
+        let now = Instant::now();
+        match &result {
+            Ok(()) => self.health.record_success(now),
+            Err(e) => {
+                self.health.record_failure(now);
+                self.sink.reset();
+                metrics::emit(metrics::ForwardBatchSent {
+                    sink: &self.name,
+                    sent: 0,
+                    bytes: 0,
+                    acknowledged: 0,
+                    skipped: 0,
+                    retried: 0,
+                    failure: Some(e.reason()),
+                });
+            }
+        }
+        self.publish_state();
+        result
+    }
+
+    /// Publishes the state gauge and the time spent in each state so far.
+    pub fn publish_state(&self) {
+        metrics::emit(metrics::ForwardLinkState {
+            sink: &self.name,
+            state: self.health.state(),
+            seconds_in_state: self.health.seconds_in_states(Instant::now()),
+        });
+    }
+}
