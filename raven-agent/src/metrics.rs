@@ -371,6 +371,8 @@ struct ForwardMetrics {
     failures: IntCounterVec,
     state: IntGaugeVec,
     state_seconds: CounterVec,
+    backlog_records: IntGaugeVec,
+    lag_seconds: prometheus::GaugeVec,
 }
 
 impl ForwardMetrics {
@@ -390,7 +392,27 @@ impl ForwardMetrics {
         )
         .expect("valid metric definition");
         r.register(Box::new(state_seconds.clone())).expect("metric registered once");
+        let backlog_records = IntGaugeVec::new(
+            Opts::new(
+                "raven_forward_backlog_records",
+                "Durable records a sink has not acknowledged yet",
+            ),
+            &["sink", "stream"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(backlog_records.clone())).expect("metric registered once");
+        let lag_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "raven_forward_lag_seconds",
+                "Age of the oldest record a sink has not acknowledged (0 when caught up)",
+            ),
+            &["sink", "stream"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(lag_seconds.clone())).expect("metric registered once");
         ForwardMetrics {
+            backlog_records,
+            lag_seconds,
             sent_records: counter(
                 r,
                 "raven_forward_sent_records_total",
@@ -490,6 +512,23 @@ impl InternalEvent for ForwardLinkState<'_> {
                 counter.inc_by(delta);
             }
         }
+    }
+}
+
+/// A sink's backlog for one stream, sampled by the forwarder.
+pub struct ForwardBacklogSampled<'a> {
+    pub sink: &'a str,
+    pub stream: Stream,
+    pub records: u64,
+    pub lag_seconds: f64,
+}
+
+impl InternalEvent for ForwardBacklogSampled<'_> {
+    fn emit(self) {
+        let m = &metrics().forward;
+        let labels = [self.sink, self.stream.name()];
+        m.backlog_records.with_label_values(&labels).set(self.records as i64);
+        m.lag_seconds.with_label_values(&labels).set(self.lag_seconds);
     }
 }
 

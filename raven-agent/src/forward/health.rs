@@ -154,6 +154,12 @@ impl LinkHealth {
         self.set_state(LinkState::Up, now);
     }
 
+    /// Lets the next attempt go now (an operator's flush), without
+    /// forgetting the failures: the breaker still counts them.
+    pub fn skip_backoff(&mut self, now: Instant) {
+        self.ready_at = self.ready_at.min(now);
+    }
+
     /// Records a failed attempt; returns the delay before the next one.
     pub fn record_failure(&mut self, now: Instant) -> Duration {
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);

@@ -25,6 +25,7 @@
 //! rewriting and template re-sending), [`snmp`] (trap re-send, informs as
 //! traps), [`http`] (gzip JSON lines).
 
+pub mod forwarder;
 pub mod health;
 pub mod http;
 pub mod pacing;
@@ -297,6 +298,11 @@ impl ManagedSink {
     /// The UDP relay's domain mapping (None for other protocols).
     pub fn relay_mapping(&self) -> Option<&BTreeMap<(IpAddr, u32), u32>> {
         self.sink.relay_mapping()
+    }
+
+    /// The next attempt may go now (operator flush).
+    pub fn skip_backoff(&mut self) {
+        self.health.skip_backoff(Instant::now());
     }
 
     /// Waits until backoff and the circuit breaker allow the next attempt.
