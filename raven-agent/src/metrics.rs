@@ -574,6 +574,56 @@ mod tests {
         }
     }
 
+    /// The Grafana dashboard is valid JSON, every query is valid PromQL
+    /// (promtool checks them as recording rules, Grafana's variables filled
+    /// in) and uses only metrics Raven exports.
+    #[test]
+    fn grafana_dashboard_queries_are_valid_and_use_real_metrics() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/raven.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let exprs: Vec<String> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .map(|t| t["expr"].as_str().expect("every target has an expr").to_string())
+            .collect();
+        assert!(exprs.len() >= 10, "{exprs:?}");
+        let known = metric_names();
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, expr) in exprs.iter().enumerate() {
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("raven_") {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .filter(|base| known.contains(base))
+                        .unwrap_or(word);
+                    assert!(known.contains(&base), "the dashboard uses unknown metric {word}");
+                }
+            }
+            let promql = expr.replace("$__rate_interval", "5m").replace("$instance", ".*");
+            rules.push_str(&format!(
+                "      - record: dashboard:query{i}\n        expr: {}\n",
+                serde_json::to_string(&promql).unwrap()
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
+        let out = Command::new("promtool")
+            .args(["check", "rules", "dashboard.yml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool (Debian package prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn every_metric_is_documented() {
         let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
