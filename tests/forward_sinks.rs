@@ -22,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use common::{Netns, ip, sh, unique};
 use raven_agent::{
-    config::{ForwardConfig, SinkConfig, SinkProtocol},
+    config::{ForwardConfig, SinkConfig, SinkProtocol, SyslogFraming},
     forward::{LinkState, ManagedSink, Outgoing, RecordId, Sink},
     record::Stream,
 };
@@ -199,6 +199,7 @@ fn rsyslog(noc: &Netns, dir: &Path, port: u16) -> Process {
 /// rsyslogd with `input_module` (the imtcp module line, with its TLS
 /// settings when wanted), writing each raw message as a line.
 fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Process {
+    let udp = input_module.contains("imudp");
     let conf = dir.join("rsyslog.conf");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -207,11 +208,12 @@ fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Proce
         format!(
             "global(workDirectory=\"{work}\")\n\
              {input_module}\
-             input(type=\"imtcp\" port=\"{port}\" address=\"{NOC}\")\n\
+             input(type=\"{input}\" port=\"{port}\" address=\"{NOC}\")\n\
              template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
              action(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
             work = work.display(),
             out = dir.join("received.log").display(),
+            input = if udp { "imudp" } else { "imtcp" },
         ),
     )
     .unwrap();
@@ -220,7 +222,12 @@ fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Proce
     let process =
         Process::spawn(cmd, "rsyslogd", &dir.join(format!("rsyslogd-{}.log", unique("r"))));
     wait_until("rsyslogd to listen", Duration::from_secs(15), || {
-        tcp_listening(noc, &format!("{NOC}:{port}"))
+        if udp {
+            let out = noc.run("ss", &["-ulnH"]);
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{NOC}:{port}"))
+        } else {
+            tcp_listening(noc, &format!("{NOC}:{port}"))
+        }
     });
     process
 }
@@ -322,6 +329,65 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
         metric("raven_forward_acknowledged_records_total{sink=\"rsyslog-tcp\"}") >= RECORDS as f64
     );
     assert!(metric("raven_forward_failures_total{reason=\"connect\",sink=\"rsyslog-tcp\"}") >= 1.0);
+}
+
+/// Sends `records` syslog messages through a sink of `protocol` / `framing`
+/// to an rsyslogd with `input_module`, and checks each arrived once.
+fn syslog_plain_case(
+    name: &str,
+    protocol: SinkProtocol,
+    framing: SyslogFraming,
+    input_module: &str,
+) {
+    const RECORDS: u64 = 500;
+    let link = Link::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = 5514;
+    let receiver = rsyslog_with(&link.noc, dir.path(), port, input_module);
+    let records: Vec<Outgoing> = (0..RECORDS)
+        .map(|seq| {
+            let msg =
+                format!("<14>1 2026-11-28T19:00:00.000Z venue-sw1 app - - - {name} seq={seq}\n");
+            outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, msg.into_bytes())
+        })
+        .collect();
+    let mut config = SinkConfig::new(name, protocol, &format!("{NOC}:{port}"));
+    config.add_record_id = true;
+    config.framing = framing;
+    config.max_records_per_second = 5000;
+    let forward = forward_config();
+    let run = block_on_in(&link.appliance, async {
+        let mut sink = ManagedSink::new(&config, &forward).unwrap();
+        deliver_all(&mut sink, &records, 20, Duration::from_secs(30), None).await
+    });
+    assert_eq!(run.failures, 0, "{run:?}");
+    let received = dir.path().join("received.log");
+    wait_until("rsyslog to write every message", Duration::from_secs(20), || {
+        received_syslog(&received).len() as u64 == RECORDS
+    });
+    receiver.terminate();
+    let seen = received_syslog(&received);
+    assert!(seen.values().all(|&n| n == 1), "{name}: duplicates without any failure");
+}
+
+#[test]
+fn syslog_tcp_lf_framing_reaches_rsyslog() {
+    syslog_plain_case(
+        "rsyslog-lf",
+        SinkProtocol::SyslogTcp,
+        SyslogFraming::Lf,
+        "module(load=\"imtcp\")\n",
+    );
+}
+
+#[test]
+fn syslog_udp_reaches_rsyslog() {
+    syslog_plain_case(
+        "rsyslog-udp",
+        SinkProtocol::SyslogUdp,
+        SyslogFraming::OctetCounting,
+        "module(load=\"imudp\")\n",
+    );
 }
 
 /// A CA, a server certificate for `noc.test` / 192.0.2.2 and a client

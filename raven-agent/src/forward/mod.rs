@@ -225,8 +225,9 @@ impl Sink {
 
 /// A sink with its link health, pacing and metrics: what the forwarder
 /// drives. The forwarder loop is
-/// `wait_ready → read from cursor → send → move cursor by acknowledged`,
-/// plus `probe` when idle for `forward.probe_interval_ms`.
+/// `read from cursor → send (waits out backoff, paces) → move cursor by
+/// acknowledged`, plus `probe` whenever `probe_due()` (idle sink, or a
+/// half-open breaker with nothing to send).
 pub struct ManagedSink {
     name: String,
     streams: Vec<Stream>,
@@ -236,6 +237,8 @@ pub struct ManagedSink {
     pacer: pacing::Pacer,
     /// The last attempt failed: the next records sent are retries.
     retrying: bool,
+    last_attempt: Instant,
+    probe_interval: std::time::Duration,
 }
 
 impl ManagedSink {
@@ -259,6 +262,8 @@ impl ManagedSink {
                 Instant::now(),
             ),
             retrying: false,
+            last_attempt: Instant::now(),
+            probe_interval: std::time::Duration::from_millis(forward.probe_interval_ms),
         };
         managed.publish_state();
         managed
@@ -304,16 +309,19 @@ impl ManagedSink {
         tokio::time::sleep_until(self.health.ready_at()).await;
     }
 
-    /// Paces, sends, and records the outcome in link health and metrics.
-    /// Callers should `wait_ready` first; a send while the breaker is open
-    /// is the half-open trial.
+    /// Waits out backoff / an open breaker (the send after it is the
+    /// half-open trial), paces, sends, and records the outcome in link
+    /// health and metrics. Cancel-safe until the first byte is sent (the
+    /// waits come first), so a forwarder may `select!` it against shutdown.
     pub async fn send(&mut self, batch: &[Outgoing]) -> Result<Delivered, SinkFailure> {
         if batch.is_empty() {
             return Ok(Delivered::default());
         }
+        self.wait_ready().await;
         let wire_estimate: u64 = batch.iter().map(|r| r.payload.len() as u64).sum();
         self.pacer.acquire(batch.len() as u64, wire_estimate).await;
         let retry = self.retrying;
+        self.last_attempt = Instant::now();
         let result = self.sink.send(batch).await;
         let now = Instant::now();
         let (acknowledged, bytes, skipped, failure) = match &result {
@@ -344,8 +352,19 @@ impl ManagedSink {
         result
     }
 
+    /// Whether the link should be probed now: nothing was attempted for
+    /// `forward.probe_interval_ms` (an idle sink), or the breaker is
+    /// half-open and no records are waiting to serve as the trial.
+    pub fn probe_due(&self) -> bool {
+        let now = Instant::now();
+        self.health.may_attempt(now)
+            && now.saturating_duration_since(self.last_attempt) >= self.probe_interval
+            || self.health.breaker(now) == health::Breaker::HalfOpen
+    }
+
     /// The periodic link check; updates health like a send does.
     pub async fn probe(&mut self) -> Result<(), SinkError> {
+        self.last_attempt = Instant::now();
         let result = self.sink.probe().await;
         let now = Instant::now();
         match &result {
