@@ -90,9 +90,14 @@ impl Process {
     }
 
     /// SIGTERM and wait (bounded) for the exit.
-    fn terminate(mut self) {
+    fn terminate(self) {
+        self.stop(libc::SIGTERM);
+    }
+
+    /// `signal` and wait (bounded) for the exit.
+    fn stop(mut self, signal: i32) {
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "{} did not exit on SIGTERM", self.what);
@@ -250,6 +255,22 @@ fn received_syslog(path: &Path) -> BTreeMap<u64, usize> {
 
 #[test]
 fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
+    syslog_restart_case("rsyslog-tcp", libc::SIGTERM);
+}
+
+/// The receiver dies without warning (SIGKILL): whatever it had ACKed at
+/// the TCP level but not yet written is the risk. The confirm delay means
+/// only batches ACKed at least `ack_confirm_ms` ago were acknowledged, and
+/// rsyslogd has written those by then.
+#[test]
+fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_kill() {
+    syslog_restart_case("rsyslog-tcp-kill", libc::SIGKILL);
+}
+
+/// Streams syslog to rsyslogd, stops it with `signal` a third of the way
+/// in, restarts it, and checks every message arrived, duplicates within the
+/// in-flight window.
+fn syslog_restart_case(name: &str, signal: i32) {
     const RECORDS: u64 = 4000;
     const BATCH: usize = 50;
     let link = Link::new();
@@ -266,8 +287,7 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
             outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, msg.into_bytes())
         })
         .collect();
-    let mut config =
-        SinkConfig::new("rsyslog-tcp", SinkProtocol::SyslogTcp, &format!("{NOC}:{port}"));
+    let mut config = SinkConfig::new(name, SinkProtocol::SyslogTcp, &format!("{NOC}:{port}"));
     config.add_record_id = true;
     config.max_records_per_second = 2000; // a few seconds of stream, so the kill lands mid-way
     let forward = forward_config();
@@ -296,7 +316,7 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
                 || done.load(Ordering::Relaxed)
         });
         assert!(!done.load(Ordering::Relaxed), "the stream ended before the restart");
-        receiver.take().unwrap().terminate();
+        receiver.take().unwrap().stop(signal);
         let during_outage = acknowledged.load(Ordering::Relaxed);
         thread::sleep(Duration::from_millis(1500));
         let after_outage = acknowledged.load(Ordering::Relaxed);
@@ -315,7 +335,7 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
     let seen = received_syslog(&received);
     let missing: Vec<u64> = (0..RECORDS).filter(|s| !seen.contains_key(s)).collect();
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
-    eprintln!("syslog: sent {RECORDS}, received {}, duplicated {duplicated}, {run:?}", seen.len());
+    eprintln!("{name}: sent {RECORDS}, received {}, duplicated {duplicated}, {run:?}", seen.len());
     assert!(missing.is_empty(), "lost: {missing:?}");
     // At most the in-flight batch of each broken connection comes twice.
     assert!(duplicated <= BATCH, "{duplicated} duplicates (window is one batch of {BATCH})");
@@ -325,10 +345,12 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
         "{run:?}"
     );
     assert_eq!(run.states.last(), Some(&LinkState::Up));
-    assert!(
-        metric("raven_forward_acknowledged_records_total{sink=\"rsyslog-tcp\"}") >= RECORDS as f64
-    );
-    assert!(metric("raven_forward_failures_total{reason=\"connect\",sink=\"rsyslog-tcp\"}") >= 1.0);
+    let acknowledged =
+        metric(&format!("raven_forward_acknowledged_records_total{{sink=\"{name}\"}}"));
+    assert!(acknowledged >= RECORDS as f64, "{acknowledged}");
+    let refused =
+        metric(&format!("raven_forward_failures_total{{reason=\"connect\",sink=\"{name}\"}}"));
+    assert!(refused >= 1.0, "connection refused while the receiver was away");
 }
 
 /// Sends `records` syslog messages through a sink of `protocol` / `framing`
