@@ -924,10 +924,56 @@ async fn ingest(
 
 #[test]
 fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
+    http_case("noc-http", None);
+}
+
+#[test]
+fn https_sink_verifies_the_server_and_retries_after_500() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    http_case("noc-https", Some(dir.path()));
+}
+
+/// An axum server over TLS: `axum::serve` over a listener that does the
+/// handshake (with Raven's own TLS acceptor).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// The HTTP sink against an axum receiver that answers the first POST with
+/// 500 and the others with 204; over TLS when `certificates` is given.
+fn http_case(name: &str, certificates: Option<&Path>) {
     let link = Link::new();
     let state = Arc::new(Mutex::new(Received::default()));
     let listener = link.noc.enter(|| std::net::TcpListener::bind(format!("{NOC}:8088")).unwrap());
     listener.set_nonblocking(true).unwrap();
+    let acceptor = certificates.map(|dir| {
+        raven_agent::capture::tcp::tls_acceptor(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            None,
+        )
+        .unwrap()
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_state = state.clone();
     let server = thread::spawn(move || {
@@ -936,13 +982,17 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
                 let app = axum::Router::new()
                     .route("/ingest", axum::routing::post(ingest))
                     .with_state(server_state);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .unwrap();
+                let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                match acceptor {
+                    Some(acceptor) => axum::serve(TlsListener { tcp, acceptor }, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .unwrap(),
+                    None => axum::serve(tcp, app).with_graceful_shutdown(stop).await.unwrap(),
+                }
             },
         )
     });
@@ -960,12 +1010,29 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
             r
         })
         .collect();
-    let config =
-        SinkConfig::new("noc-http", SinkProtocol::Http, &format!("http://{NOC}:8088/ingest"));
+    let scheme = if certificates.is_some() { "https" } else { "http" };
+    let mut config =
+        SinkConfig::new(name, SinkProtocol::Http, &format!("{scheme}://{NOC}:8088/ingest"));
+    if let Some(dir) = certificates {
+        config.ca_file = dir.join("ca.pem").display().to_string();
+        config.server_name = "noc.test".into();
+    }
     let run = block_on_in(&link.appliance, async {
         let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
         deliver_all(&mut sink, &records, 100, Duration::from_secs(20), None).await
     });
+    if certificates.is_some() {
+        // A server name the certificate does not carry is refused.
+        let mut wrong = config.clone();
+        wrong.name = format!("{name}-wrong-name");
+        wrong.server_name = "other.test".into();
+        let result = block_on_in(&link.appliance, async {
+            let mut sink = ManagedSink::new(&wrong, &forward_config()).unwrap();
+            sink.send(&records[..1]).await
+        });
+        let failure = result.expect_err("certificate name mismatch must fail");
+        assert_eq!(failure.error.reason(), "tls", "{failure}");
+    }
     let _ = stop_tx.send(());
     server.join().unwrap();
 
@@ -977,9 +1044,8 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
     assert_eq!(r.requests, 4);
     assert_eq!(run.failures, 1);
     assert_eq!(run.states.last(), Some(&LinkState::Up));
-    assert_eq!(
-        metric("raven_forward_failures_total{reason=\"http_status\",sink=\"noc-http\"}"),
-        1.0
-    );
-    assert_eq!(metric("raven_forward_retried_records_total{sink=\"noc-http\"}"), 100.0);
+    let failures =
+        format!("raven_forward_failures_total{{reason=\"http_status\",sink=\"{name}\"}}");
+    assert_eq!(metric(&failures), 1.0);
+    assert_eq!(metric(&format!("raven_forward_retried_records_total{{sink=\"{name}\"}}")), 100.0);
 }
