@@ -1049,3 +1049,36 @@ fn http_case(name: &str, certificates: Option<&Path>) {
     assert_eq!(metric(&failures), 1.0);
     assert_eq!(metric(&format!("raven_forward_retried_records_total{{sink=\"{name}\"}}")), 100.0);
 }
+
+// ----------------------------------------------------------- link health
+
+/// A UDP sink cannot see acknowledgements, but it does see the ICMP "port
+/// unreachable" a host without a receiver sends back: the probe fails and
+/// the link is no longer up.
+#[test]
+fn udp_sink_notices_an_absent_receiver() {
+    let link = Link::new();
+    let config = SinkConfig::new("absent-traps", SinkProtocol::Snmp, &format!("{NOC}:1163"));
+    let trap = {
+        // A minimal SNMPv2c trap: version 1, community "public", empty PDU.
+        let mut pdu = vec![0x02, 0x01, 0x01, 0x04, 0x06];
+        pdu.extend_from_slice(b"public");
+        pdu.extend([0xA7, 0x00]);
+        let mut message = vec![0x30, pdu.len() as u8];
+        message.extend(pdu);
+        message
+    };
+    let records = [outgoing(Stream::Snmp, 0, "198.18.0.2:1", 162, trap)];
+    let (sent, probed, state) = block_on_in(&link.appliance, async {
+        let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
+        let sent = sink.send(&records).await.map(|d| d.acknowledged);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let probed = sink.probe().await;
+        (sent, probed, sink.state())
+    });
+    assert_eq!(sent.unwrap(), 1, "UDP cannot know yet");
+    let error = probed.expect_err("the ICMP port unreachable must fail the probe");
+    assert_eq!(error.reason(), "write", "{error}");
+    assert_eq!(state, LinkState::Degraded);
+    assert_eq!(metric("raven_forward_failures_total{reason=\"write\",sink=\"absent-traps\"}"), 1.0);
+}

@@ -396,3 +396,34 @@ impl ManagedSink {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SinkConfig;
+
+    #[test]
+    fn record_ids_read_appliance_stream_seq() {
+        let id = RecordId { appliance: "venue-7".into(), stream: Stream::Ipfix, seq: 42 };
+        assert_eq!(id.to_string(), "venue-7:ipfix:42");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_is_due_when_idle_or_half_open() {
+        let forward = ForwardConfig { probe_interval_ms: 1000, ..ForwardConfig::default() };
+        let config = SinkConfig::new("p", SinkProtocol::UdpRelay, "192.0.2.1:2055");
+        let mut sink = ManagedSink::new(&config, &forward).unwrap();
+        assert!(!sink.probe_due(), "just created");
+        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        assert!(sink.probe_due(), "idle for the probe interval");
+        // Open the breaker by hand: it is due (half-open) once the backoff ends.
+        let now = Instant::now();
+        for _ in 0..forward.breaker_failures {
+            sink.health.record_failure(now);
+        }
+        sink.last_attempt = now;
+        assert_eq!(sink.state(), LinkState::Down);
+        tokio::time::sleep_until(sink.health.ready_at()).await;
+        assert!(sink.probe_due());
+    }
+}
