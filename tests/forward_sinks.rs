@@ -23,7 +23,7 @@ use bytes::Bytes;
 use common::{Netns, ip, sh, unique};
 use raven_agent::{
     config::{ForwardConfig, SinkConfig, SinkProtocol, SyslogFraming},
-    forward::{LinkState, ManagedSink, Outgoing, RecordId, Sink},
+    forward::{LinkState, ManagedSink, Outgoing, RecordId},
     record::Stream,
 };
 
@@ -667,13 +667,10 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
         Some(&"198.18.0.2".parse::<IpAddr>().unwrap())
     );
     let mut restarted =
-        Sink::from_config(&relay_config(&format!("{name}-b"), ports[2]), &forward).unwrap();
-    if let Sink::UdpRelay(relay) = &mut restarted {
-        relay.set_mapping(mapping.clone());
-        relay.learn(&records[..split]);
-    }
-    let mut restarted =
-        ManagedSink::with_sink(&relay_config(&format!("{name}-b"), ports[2]), &forward, restarted);
+        ManagedSink::new(&relay_config(&format!("{name}-b"), ports[2]), &forward).unwrap();
+    let primer = restarted.relay_mut().expect("a relay");
+    primer.set_mapping(mapping.clone());
+    primer.learn(&records[..split]);
     relay(&link, &mut restarted, &records[split..]);
     assert_eq!(restarted.relay_mapping(), Some(&mapping), "ids stay stable across the restart");
     // Control: the same without priming loses the data at the collector.

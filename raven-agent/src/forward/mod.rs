@@ -221,6 +221,15 @@ impl Sink {
             _ => None,
         }
     }
+
+    /// The UDP relay itself, to restore its mapping (`set_mapping`) or prime
+    /// its templates (`learn`) after a restart.
+    pub fn relay_mut(&mut self) -> Option<&mut udp_relay::UdpRelaySink> {
+        match self {
+            Sink::UdpRelay(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// A sink with its link health, pacing and metrics: what the forwarder
@@ -302,6 +311,11 @@ impl ManagedSink {
     /// The UDP relay's domain mapping (None for other protocols).
     pub fn relay_mapping(&self) -> Option<&BTreeMap<(IpAddr, u32), u32>> {
         self.sink.relay_mapping()
+    }
+
+    /// The UDP relay (None for other protocols): `set_mapping`, `learn`.
+    pub fn relay_mut(&mut self) -> Option<&mut udp_relay::UdpRelaySink> {
+        self.sink.relay_mut()
     }
 
     /// Waits until backoff and the circuit breaker allow the next attempt.
