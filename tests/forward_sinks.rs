@@ -1079,3 +1079,39 @@ fn udp_sink_notices_an_absent_receiver() {
     assert_eq!(state, LinkState::Degraded);
     assert_eq!(metric("raven_forward_failures_total{reason=\"write\",sink=\"absent-traps\"}"), 1.0);
 }
+
+/// NetFlow v5 has no templates; the relay only rewrites the engine type/id,
+/// so two exporters with the same engine stay apart at the collector.
+#[test]
+fn udp_relay_netflow_v5_reaches_nfcapd_with_exporters_apart() {
+    let datagrams: Vec<Vec<u8>> =
+        common::shared_capture("akvorado/outlet/flow/decoder/netflow/testdata/nfv5.pcap")
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+    let link = Link::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (direct_dir, relayed_dir) = (dir.path().join("direct"), dir.path().join("relayed"));
+    let collectors = [nfcapd(&link.noc, &direct_dir, 9911), nfcapd(&link.noc, &relayed_dir, 9912)];
+    send_direct(&link, 9911, &datagrams);
+    let records: Vec<Outgoing> = ["198.18.0.2:40000", "198.18.0.3:40000"]
+        .iter()
+        .flat_map(|src| {
+            datagrams
+                .iter()
+                .enumerate()
+                .map(|(i, d)| outgoing(Stream::Netflow, i as u64, src, 2055, d.clone()))
+        })
+        .collect();
+    let mut sink = ManagedSink::new(&relay_config("relay-v5", 9912), &forward_config()).unwrap();
+    relay(&link, &mut sink, &records);
+    thread::sleep(Duration::from_millis(500));
+    for c in collectors {
+        c.terminate();
+    }
+    let (direct, relayed) = (nfdump_flows(&direct_dir), nfdump_flows(&relayed_dir));
+    eprintln!("nfv5: flows direct {direct}, relayed from two exporters {relayed}");
+    assert_eq!(direct, 29, "the catalog says 29 v5 records");
+    assert_eq!(relayed, 2 * direct);
+    assert_eq!(nfdump_exporters(&relayed_dir).len(), 2, "two exporters at the collector");
+}
