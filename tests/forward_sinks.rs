@@ -351,6 +351,14 @@ fn syslog_restart_case(name: &str, signal: i32) {
     let refused =
         metric(&format!("raven_forward_failures_total{{reason=\"connect\",sink=\"{name}\"}}"));
     assert!(refused >= 1.0, "connection refused while the receiver was away");
+    assert_eq!(metric(&format!("raven_forward_link_state{{sink=\"{name}\"}}")), 2.0, "up");
+    let seconds = |state: &str| {
+        metric(&format!(
+            "raven_forward_link_state_seconds_total{{sink=\"{name}\",state=\"{state}\"}}"
+        ))
+    };
+    assert!(seconds("up") > 1.0, "time up: {}", seconds("up"));
+    assert!(seconds("degraded") + seconds("down") > 0.5, "the outage lasted 1.5 s");
 }
 
 /// Sends `records` syslog messages through a sink of `protocol` / `framing`

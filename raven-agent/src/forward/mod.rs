@@ -248,6 +248,8 @@ pub struct ManagedSink {
     retrying: bool,
     last_attempt: Instant,
     probe_interval: std::time::Duration,
+    /// Seconds per state already added to the time-in-state counter.
+    reported_seconds: [f64; 3],
 }
 
 impl ManagedSink {
@@ -259,7 +261,7 @@ impl ManagedSink {
     /// Wraps an already built sink (tests, or a sink restored with state).
     pub fn with_sink(config: &SinkConfig, forward: &ForwardConfig, sink: Sink) -> ManagedSink {
         let health = LinkHealth::new(health::HealthPolicy::from_config(forward), Instant::now());
-        let managed = ManagedSink {
+        let mut managed = ManagedSink {
             name: config.name.clone(),
             streams: config.effective_streams(),
             requires_vpn: config.requires_vpn,
@@ -273,6 +275,7 @@ impl ManagedSink {
             retrying: false,
             last_attempt: Instant::now(),
             probe_interval: std::time::Duration::from_millis(forward.probe_interval_ms),
+            reported_seconds: [0.0; 3],
         };
         managed.publish_state();
         managed
@@ -401,12 +404,20 @@ impl ManagedSink {
         result
     }
 
-    /// Publishes the state gauge and the time spent in each state so far.
-    pub fn publish_state(&self) {
+    /// Publishes the state gauge and the time spent in each state since
+    /// the last publication (call it periodically while idle, too).
+    pub fn publish_state(&mut self) {
+        let totals = self.health.seconds_in_states(Instant::now());
+        let mut added = totals;
+        for ((_, seconds), reported) in added.iter_mut().zip(&mut self.reported_seconds) {
+            let total = *seconds;
+            *seconds = (total - *reported).max(0.0);
+            *reported = total;
+        }
         metrics::emit(metrics::ForwardLinkState {
             sink: &self.name,
             state: self.health.state(),
-            seconds_in_state: self.health.seconds_in_states(Instant::now()),
+            seconds_added: added,
         });
     }
 }
