@@ -22,8 +22,8 @@ use std::{
 use bytes::Bytes;
 use common::{Netns, ip, sh, unique};
 use raven_agent::{
-    config::{ForwardConfig, SinkConfig, SinkProtocol},
-    forward::{LinkState, ManagedSink, Outgoing, RecordId, Sink},
+    config::{ForwardConfig, SinkConfig, SinkProtocol, SyslogFraming},
+    forward::{LinkState, ManagedSink, Outgoing, RecordId},
     record::Stream,
 };
 
@@ -90,9 +90,14 @@ impl Process {
     }
 
     /// SIGTERM and wait (bounded) for the exit.
-    fn terminate(mut self) {
+    fn terminate(self) {
+        self.stop(libc::SIGTERM);
+    }
+
+    /// `signal` and wait (bounded) for the exit.
+    fn stop(mut self, signal: i32) {
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "{} did not exit on SIGTERM", self.what);
@@ -199,6 +204,7 @@ fn rsyslog(noc: &Netns, dir: &Path, port: u16) -> Process {
 /// rsyslogd with `input_module` (the imtcp module line, with its TLS
 /// settings when wanted), writing each raw message as a line.
 fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Process {
+    let udp = input_module.contains("imudp");
     let conf = dir.join("rsyslog.conf");
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -207,11 +213,12 @@ fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Proce
         format!(
             "global(workDirectory=\"{work}\")\n\
              {input_module}\
-             input(type=\"imtcp\" port=\"{port}\" address=\"{NOC}\")\n\
+             input(type=\"{input}\" port=\"{port}\" address=\"{NOC}\")\n\
              template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
              action(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
             work = work.display(),
             out = dir.join("received.log").display(),
+            input = if udp { "imudp" } else { "imtcp" },
         ),
     )
     .unwrap();
@@ -220,7 +227,12 @@ fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Proce
     let process =
         Process::spawn(cmd, "rsyslogd", &dir.join(format!("rsyslogd-{}.log", unique("r"))));
     wait_until("rsyslogd to listen", Duration::from_secs(15), || {
-        tcp_listening(noc, &format!("{NOC}:{port}"))
+        if udp {
+            let out = noc.run("ss", &["-ulnH"]);
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{NOC}:{port}"))
+        } else {
+            tcp_listening(noc, &format!("{NOC}:{port}"))
+        }
     });
     process
 }
@@ -243,6 +255,22 @@ fn received_syslog(path: &Path) -> BTreeMap<u64, usize> {
 
 #[test]
 fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
+    syslog_restart_case("rsyslog-tcp", libc::SIGTERM);
+}
+
+/// The receiver dies without warning (SIGKILL): whatever it had ACKed at
+/// the TCP level but not yet written is the risk. The confirm delay means
+/// only batches ACKed at least `ack_confirm_ms` ago were acknowledged, and
+/// rsyslogd has written those by then.
+#[test]
+fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_kill() {
+    syslog_restart_case("rsyslog-tcp-kill", libc::SIGKILL);
+}
+
+/// Streams syslog to rsyslogd, stops it with `signal` a third of the way
+/// in, restarts it, and checks every message arrived, duplicates within the
+/// in-flight window.
+fn syslog_restart_case(name: &str, signal: i32) {
     const RECORDS: u64 = 4000;
     const BATCH: usize = 50;
     let link = Link::new();
@@ -259,8 +287,7 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
             outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, msg.into_bytes())
         })
         .collect();
-    let mut config =
-        SinkConfig::new("rsyslog-tcp", SinkProtocol::SyslogTcp, &format!("{NOC}:{port}"));
+    let mut config = SinkConfig::new(name, SinkProtocol::SyslogTcp, &format!("{NOC}:{port}"));
     config.add_record_id = true;
     config.max_records_per_second = 2000; // a few seconds of stream, so the kill lands mid-way
     let forward = forward_config();
@@ -289,7 +316,7 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
                 || done.load(Ordering::Relaxed)
         });
         assert!(!done.load(Ordering::Relaxed), "the stream ended before the restart");
-        receiver.take().unwrap().terminate();
+        receiver.take().unwrap().stop(signal);
         let during_outage = acknowledged.load(Ordering::Relaxed);
         thread::sleep(Duration::from_millis(1500));
         let after_outage = acknowledged.load(Ordering::Relaxed);
@@ -308,7 +335,7 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
     let seen = received_syslog(&received);
     let missing: Vec<u64> = (0..RECORDS).filter(|s| !seen.contains_key(s)).collect();
     let duplicated: usize = seen.values().map(|n| n - 1).sum();
-    eprintln!("syslog: sent {RECORDS}, received {}, duplicated {duplicated}, {run:?}", seen.len());
+    eprintln!("{name}: sent {RECORDS}, received {}, duplicated {duplicated}, {run:?}", seen.len());
     assert!(missing.is_empty(), "lost: {missing:?}");
     // At most the in-flight batch of each broken connection comes twice.
     assert!(duplicated <= BATCH, "{duplicated} duplicates (window is one batch of {BATCH})");
@@ -318,10 +345,79 @@ fn syslog_tcp_reaches_rsyslog_exactly_once_across_a_receiver_restart() {
         "{run:?}"
     );
     assert_eq!(run.states.last(), Some(&LinkState::Up));
-    assert!(
-        metric("raven_forward_acknowledged_records_total{sink=\"rsyslog-tcp\"}") >= RECORDS as f64
+    let acknowledged =
+        metric(&format!("raven_forward_acknowledged_records_total{{sink=\"{name}\"}}"));
+    assert!(acknowledged >= RECORDS as f64, "{acknowledged}");
+    let refused =
+        metric(&format!("raven_forward_failures_total{{reason=\"connect\",sink=\"{name}\"}}"));
+    assert!(refused >= 1.0, "connection refused while the receiver was away");
+    assert_eq!(metric(&format!("raven_forward_link_state{{sink=\"{name}\"}}")), 2.0, "up");
+    let seconds = |state: &str| {
+        metric(&format!(
+            "raven_forward_link_state_seconds_total{{sink=\"{name}\",state=\"{state}\"}}"
+        ))
+    };
+    assert!(seconds("up") > 1.0, "time up: {}", seconds("up"));
+    assert!(seconds("degraded") + seconds("down") > 0.5, "the outage lasted 1.5 s");
+}
+
+/// Sends `records` syslog messages through a sink of `protocol` / `framing`
+/// to an rsyslogd with `input_module`, and checks each arrived once.
+fn syslog_plain_case(
+    name: &str,
+    protocol: SinkProtocol,
+    framing: SyslogFraming,
+    input_module: &str,
+) {
+    const RECORDS: u64 = 500;
+    let link = Link::new();
+    let dir = tempfile::tempdir().unwrap();
+    let port = 5514;
+    let receiver = rsyslog_with(&link.noc, dir.path(), port, input_module);
+    let records: Vec<Outgoing> = (0..RECORDS)
+        .map(|seq| {
+            let msg =
+                format!("<14>1 2026-11-28T19:00:00.000Z venue-sw1 app - - - {name} seq={seq}\n");
+            outgoing(Stream::Syslog, seq, "198.18.0.2:514", 514, msg.into_bytes())
+        })
+        .collect();
+    let mut config = SinkConfig::new(name, protocol, &format!("{NOC}:{port}"));
+    config.add_record_id = true;
+    config.framing = framing;
+    config.max_records_per_second = 5000;
+    let forward = forward_config();
+    let run = block_on_in(&link.appliance, async {
+        let mut sink = ManagedSink::new(&config, &forward).unwrap();
+        deliver_all(&mut sink, &records, 20, Duration::from_secs(30), None).await
+    });
+    assert_eq!(run.failures, 0, "{run:?}");
+    let received = dir.path().join("received.log");
+    wait_until("rsyslog to write every message", Duration::from_secs(20), || {
+        received_syslog(&received).len() as u64 == RECORDS
+    });
+    receiver.terminate();
+    let seen = received_syslog(&received);
+    assert!(seen.values().all(|&n| n == 1), "{name}: duplicates without any failure");
+}
+
+#[test]
+fn syslog_tcp_lf_framing_reaches_rsyslog() {
+    syslog_plain_case(
+        "rsyslog-lf",
+        SinkProtocol::SyslogTcp,
+        SyslogFraming::Lf,
+        "module(load=\"imtcp\")\n",
     );
-    assert!(metric("raven_forward_failures_total{reason=\"connect\",sink=\"rsyslog-tcp\"}") >= 1.0);
+}
+
+#[test]
+fn syslog_udp_reaches_rsyslog() {
+    syslog_plain_case(
+        "rsyslog-udp",
+        SinkProtocol::SyslogUdp,
+        SyslogFraming::OctetCounting,
+        "module(load=\"imudp\")\n",
+    );
 }
 
 /// A CA, a server certificate for `noc.test` / 192.0.2.2 and a client
@@ -579,13 +675,10 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
         Some(&"198.18.0.2".parse::<IpAddr>().unwrap())
     );
     let mut restarted =
-        Sink::from_config(&relay_config(&format!("{name}-b"), ports[2]), &forward).unwrap();
-    if let Sink::UdpRelay(relay) = &mut restarted {
-        relay.set_mapping(mapping.clone());
-        relay.learn(&records[..split]);
-    }
-    let mut restarted =
-        ManagedSink::with_sink(&relay_config(&format!("{name}-b"), ports[2]), &forward, restarted);
+        ManagedSink::new(&relay_config(&format!("{name}-b"), ports[2]), &forward).unwrap();
+    let primer = restarted.relay_mut().expect("a relay");
+    primer.set_mapping(mapping.clone());
+    primer.learn(&records[..split]);
     relay(&link, &mut restarted, &records[split..]);
     assert_eq!(restarted.relay_mapping(), Some(&mapping), "ids stay stable across the restart");
     // Control: the same without priming loses the data at the collector.
@@ -836,10 +929,56 @@ async fn ingest(
 
 #[test]
 fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
+    http_case("noc-http", None);
+}
+
+#[test]
+fn https_sink_verifies_the_server_and_retries_after_500() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    http_case("noc-https", Some(dir.path()));
+}
+
+/// An axum server over TLS: `axum::serve` over a listener that does the
+/// handshake (with Raven's own TLS acceptor).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else { continue };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// The HTTP sink against an axum receiver that answers the first POST with
+/// 500 and the others with 204; over TLS when `certificates` is given.
+fn http_case(name: &str, certificates: Option<&Path>) {
     let link = Link::new();
     let state = Arc::new(Mutex::new(Received::default()));
     let listener = link.noc.enter(|| std::net::TcpListener::bind(format!("{NOC}:8088")).unwrap());
     listener.set_nonblocking(true).unwrap();
+    let acceptor = certificates.map(|dir| {
+        raven_agent::capture::tcp::tls_acceptor(
+            &dir.join("server.pem"),
+            &dir.join("server.key"),
+            None,
+        )
+        .unwrap()
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_state = state.clone();
     let server = thread::spawn(move || {
@@ -848,13 +987,17 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
                 let app = axum::Router::new()
                     .route("/ingest", axum::routing::post(ingest))
                     .with_state(server_state);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .unwrap();
+                let tcp = tokio::net::TcpListener::from_std(listener).unwrap();
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                match acceptor {
+                    Some(acceptor) => axum::serve(TlsListener { tcp, acceptor }, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                        .unwrap(),
+                    None => axum::serve(tcp, app).with_graceful_shutdown(stop).await.unwrap(),
+                }
             },
         )
     });
@@ -872,12 +1015,29 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
             r
         })
         .collect();
-    let config =
-        SinkConfig::new("noc-http", SinkProtocol::Http, &format!("http://{NOC}:8088/ingest"));
+    let scheme = if certificates.is_some() { "https" } else { "http" };
+    let mut config =
+        SinkConfig::new(name, SinkProtocol::Http, &format!("{scheme}://{NOC}:8088/ingest"));
+    if let Some(dir) = certificates {
+        config.ca_file = dir.join("ca.pem").display().to_string();
+        config.server_name = "noc.test".into();
+    }
     let run = block_on_in(&link.appliance, async {
         let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
         deliver_all(&mut sink, &records, 100, Duration::from_secs(20), None).await
     });
+    if certificates.is_some() {
+        // A server name the certificate does not carry is refused.
+        let mut wrong = config.clone();
+        wrong.name = format!("{name}-wrong-name");
+        wrong.server_name = "other.test".into();
+        let result = block_on_in(&link.appliance, async {
+            let mut sink = ManagedSink::new(&wrong, &forward_config()).unwrap();
+            sink.send(&records[..1]).await
+        });
+        let failure = result.expect_err("certificate name mismatch must fail");
+        assert_eq!(failure.error.reason(), "tls", "{failure}");
+    }
     let _ = stop_tx.send(());
     server.join().unwrap();
 
@@ -889,9 +1049,77 @@ fn http_sink_posts_gzip_json_lines_and_retries_after_500() {
     assert_eq!(r.requests, 4);
     assert_eq!(run.failures, 1);
     assert_eq!(run.states.last(), Some(&LinkState::Up));
-    assert_eq!(
-        metric("raven_forward_failures_total{reason=\"http_status\",sink=\"noc-http\"}"),
-        1.0
-    );
-    assert_eq!(metric("raven_forward_retried_records_total{sink=\"noc-http\"}"), 100.0);
+    let failures =
+        format!("raven_forward_failures_total{{reason=\"http_status\",sink=\"{name}\"}}");
+    assert_eq!(metric(&failures), 1.0);
+    assert_eq!(metric(&format!("raven_forward_retried_records_total{{sink=\"{name}\"}}")), 100.0);
+}
+
+// ----------------------------------------------------------- link health
+
+/// A UDP sink cannot see acknowledgements, but it does see the ICMP "port
+/// unreachable" a host without a receiver sends back: the probe fails and
+/// the link is no longer up.
+#[test]
+fn udp_sink_notices_an_absent_receiver() {
+    let link = Link::new();
+    let config = SinkConfig::new("absent-traps", SinkProtocol::Snmp, &format!("{NOC}:1163"));
+    let trap = {
+        // A minimal SNMPv2c trap: version 1, community "public", empty PDU.
+        let mut pdu = vec![0x02, 0x01, 0x01, 0x04, 0x06];
+        pdu.extend_from_slice(b"public");
+        pdu.extend([0xA7, 0x00]);
+        let mut message = vec![0x30, pdu.len() as u8];
+        message.extend(pdu);
+        message
+    };
+    let records = [outgoing(Stream::Snmp, 0, "198.18.0.2:1", 162, trap)];
+    let (sent, probed, state) = block_on_in(&link.appliance, async {
+        let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
+        let sent = sink.send(&records).await.map(|d| d.acknowledged);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let probed = sink.probe().await;
+        (sent, probed, sink.state())
+    });
+    assert_eq!(sent.unwrap(), 1, "UDP cannot know yet");
+    let error = probed.expect_err("the ICMP port unreachable must fail the probe");
+    assert_eq!(error.reason(), "write", "{error}");
+    assert_eq!(state, LinkState::Degraded);
+    assert_eq!(metric("raven_forward_failures_total{reason=\"write\",sink=\"absent-traps\"}"), 1.0);
+}
+
+/// NetFlow v5 has no templates; the relay only rewrites the engine type/id,
+/// so two exporters with the same engine stay apart at the collector.
+#[test]
+fn udp_relay_netflow_v5_reaches_nfcapd_with_exporters_apart() {
+    let datagrams: Vec<Vec<u8>> =
+        common::shared_capture("akvorado/outlet/flow/decoder/netflow/testdata/nfv5.pcap")
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+    let link = Link::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (direct_dir, relayed_dir) = (dir.path().join("direct"), dir.path().join("relayed"));
+    let collectors = [nfcapd(&link.noc, &direct_dir, 9911), nfcapd(&link.noc, &relayed_dir, 9912)];
+    send_direct(&link, 9911, &datagrams);
+    let records: Vec<Outgoing> = ["198.18.0.2:40000", "198.18.0.3:40000"]
+        .iter()
+        .flat_map(|src| {
+            datagrams
+                .iter()
+                .enumerate()
+                .map(|(i, d)| outgoing(Stream::Netflow, i as u64, src, 2055, d.clone()))
+        })
+        .collect();
+    let mut sink = ManagedSink::new(&relay_config("relay-v5", 9912), &forward_config()).unwrap();
+    relay(&link, &mut sink, &records);
+    thread::sleep(Duration::from_millis(500));
+    for c in collectors {
+        c.terminate();
+    }
+    let (direct, relayed) = (nfdump_flows(&direct_dir), nfdump_flows(&relayed_dir));
+    eprintln!("nfv5: flows direct {direct}, relayed from two exporters {relayed}");
+    assert_eq!(direct, 29, "the catalog says 29 v5 records");
+    assert_eq!(relayed, 2 * direct);
+    assert_eq!(nfdump_exporters(&relayed_dir).len(), 2, "two exporters at the collector");
 }

@@ -493,23 +493,22 @@ impl InternalEvent for ForwardBatchSent<'_> {
     }
 }
 
-/// A sink's current link state and the time it spent in each state so far.
+/// A sink's current link state and the time it spent in each state since
+/// the last report.
 pub struct ForwardLinkState<'a> {
     pub sink: &'a str,
     pub state: crate::forward::LinkState,
-    pub seconds_in_state: [(crate::forward::LinkState, f64); 3],
+    pub seconds_added: [(crate::forward::LinkState, f64); 3],
 }
 
 impl InternalEvent for ForwardLinkState<'_> {
     fn emit(self) {
         let m = &metrics().forward;
         m.state.with_label_values(&[self.sink]).set(self.state.value());
-        for (state, seconds) in self.seconds_in_state {
+        for (state, seconds) in self.seconds_added {
             let counter = m.state_seconds.with_label_values(&[self.sink, state.name()]);
-            // A counter only grows: add what accrued since the last report.
-            let delta = seconds - counter.get();
-            if delta > 0.0 {
-                counter.inc_by(delta);
+            if seconds > 0.0 {
+                counter.inc_by(seconds);
             }
         }
     }

@@ -148,9 +148,12 @@ pub async fn run(
             _ = flush.notified() => sink.skip_backoff(),
             _ = vpn.changed() => {}
             _ = tokio::time::sleep(probe_interval) => {
-                if let Err(e) = sink.probe().await {
+                if sink.probe_due()
+                    && let Err(e) = sink.probe().await
+                {
                     tracing::warn!(sink = %name, error = %e, "probe failed");
                 }
+                sink.publish_state();
             }
         }
     }

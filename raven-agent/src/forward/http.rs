@@ -44,8 +44,14 @@ pub fn json_line(record: &Outgoing) -> Vec<u8> {
         })
         .unwrap_or_default();
     let decoded = !fields.is_empty();
-    let ts = time::OffsetDateTime::from(record.captured_at)
-        .format(&time::format_description::well_known::Rfc3339)
+    // Out-of-range times (never from a real capture) give "" rather than a panic.
+    let nanos = match record.captured_at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    let ts = time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default();
     fields.insert("raven_id".into(), record.id.to_string().into());
     fields.insert("stream".into(), record.id.stream.name().into());

@@ -222,12 +222,22 @@ impl Sink {
             _ => None,
         }
     }
+
+    /// The UDP relay itself, to restore its mapping (`set_mapping`) or prime
+    /// its templates (`learn`) after a restart.
+    pub fn relay_mut(&mut self) -> Option<&mut udp_relay::UdpRelaySink> {
+        match self {
+            Sink::UdpRelay(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// A sink with its link health, pacing and metrics: what the forwarder
 /// drives. The forwarder loop is
-/// `wait_ready → read from cursor → send → move cursor by acknowledged`,
-/// plus `probe` when idle for `forward.probe_interval_ms`.
+/// `read from cursor → send (waits out backoff, paces) → move cursor by
+/// acknowledged`, plus `probe` whenever `probe_due()` (idle sink, or a
+/// half-open breaker with nothing to send).
 pub struct ManagedSink {
     name: String,
     streams: Vec<Stream>,
@@ -237,6 +247,10 @@ pub struct ManagedSink {
     pacer: pacing::Pacer,
     /// The last attempt failed: the next records sent are retries.
     retrying: bool,
+    last_attempt: Instant,
+    probe_interval: std::time::Duration,
+    /// Seconds per state already added to the time-in-state counter.
+    reported_seconds: [f64; 3],
 }
 
 impl ManagedSink {
@@ -248,7 +262,7 @@ impl ManagedSink {
     /// Wraps an already built sink (tests, or a sink restored with state).
     pub fn with_sink(config: &SinkConfig, forward: &ForwardConfig, sink: Sink) -> ManagedSink {
         let health = LinkHealth::new(health::HealthPolicy::from_config(forward), Instant::now());
-        let managed = ManagedSink {
+        let mut managed = ManagedSink {
             name: config.name.clone(),
             streams: config.effective_streams(),
             requires_vpn: config.requires_vpn,
@@ -260,6 +274,9 @@ impl ManagedSink {
                 Instant::now(),
             ),
             retrying: false,
+            last_attempt: Instant::now(),
+            probe_interval: std::time::Duration::from_millis(forward.probe_interval_ms),
+            reported_seconds: [0.0; 3],
         };
         managed.publish_state();
         managed
@@ -305,21 +322,29 @@ impl ManagedSink {
         self.health.skip_backoff(Instant::now());
     }
 
+    /// The UDP relay (None for other protocols): `set_mapping`, `learn`.
+    pub fn relay_mut(&mut self) -> Option<&mut udp_relay::UdpRelaySink> {
+        self.sink.relay_mut()
+    }
+
     /// Waits until backoff and the circuit breaker allow the next attempt.
     pub async fn wait_ready(&mut self) {
         tokio::time::sleep_until(self.health.ready_at()).await;
     }
 
-    /// Paces, sends, and records the outcome in link health and metrics.
-    /// Callers should `wait_ready` first; a send while the breaker is open
-    /// is the half-open trial.
+    /// Waits out backoff / an open breaker (the send after it is the
+    /// half-open trial), paces, sends, and records the outcome in link
+    /// health and metrics. Cancel-safe until the first byte is sent (the
+    /// waits come first), so a forwarder may `select!` it against shutdown.
     pub async fn send(&mut self, batch: &[Outgoing]) -> Result<Delivered, SinkFailure> {
         if batch.is_empty() {
             return Ok(Delivered::default());
         }
+        self.wait_ready().await;
         let wire_estimate: u64 = batch.iter().map(|r| r.payload.len() as u64).sum();
         self.pacer.acquire(batch.len() as u64, wire_estimate).await;
         let retry = self.retrying;
+        self.last_attempt = Instant::now();
         let result = self.sink.send(batch).await;
         let now = Instant::now();
         let (acknowledged, bytes, skipped, failure) = match &result {
@@ -350,8 +375,19 @@ impl ManagedSink {
         result
     }
 
+    /// Whether the link should be probed now: nothing was attempted for
+    /// `forward.probe_interval_ms` (an idle sink), or the breaker is
+    /// half-open and no records are waiting to serve as the trial.
+    pub fn probe_due(&self) -> bool {
+        let now = Instant::now();
+        self.health.may_attempt(now)
+            && now.saturating_duration_since(self.last_attempt) >= self.probe_interval
+            || self.health.breaker(now) == health::Breaker::HalfOpen
+    }
+
     /// The periodic link check; updates health like a send does.
     pub async fn probe(&mut self) -> Result<(), SinkError> {
+        self.last_attempt = Instant::now();
         let result = self.sink.probe().await;
         let now = Instant::now();
         match &result {
@@ -374,12 +410,51 @@ impl ManagedSink {
         result
     }
 
-    /// Publishes the state gauge and the time spent in each state so far.
-    pub fn publish_state(&self) {
+    /// Publishes the state gauge and the time spent in each state since
+    /// the last publication (call it periodically while idle, too).
+    pub fn publish_state(&mut self) {
+        let totals = self.health.seconds_in_states(Instant::now());
+        let mut added = totals;
+        for ((_, seconds), reported) in added.iter_mut().zip(&mut self.reported_seconds) {
+            let total = *seconds;
+            *seconds = (total - *reported).max(0.0);
+            *reported = total;
+        }
         metrics::emit(metrics::ForwardLinkState {
             sink: &self.name,
             state: self.health.state(),
-            seconds_in_state: self.health.seconds_in_states(Instant::now()),
+            seconds_added: added,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SinkConfig;
+
+    #[test]
+    fn record_ids_read_appliance_stream_seq() {
+        let id = RecordId { appliance: "venue-7".into(), stream: Stream::Ipfix, seq: 42 };
+        assert_eq!(id.to_string(), "venue-7:ipfix:42");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_is_due_when_idle_or_half_open() {
+        let forward = ForwardConfig { probe_interval_ms: 1000, ..ForwardConfig::default() };
+        let config = SinkConfig::new("p", SinkProtocol::UdpRelay, "192.0.2.1:2055");
+        let mut sink = ManagedSink::new(&config, &forward).unwrap();
+        assert!(!sink.probe_due(), "just created");
+        tokio::time::advance(std::time::Duration::from_millis(1000)).await;
+        assert!(sink.probe_due(), "idle for the probe interval");
+        // Open the breaker by hand: it is due (half-open) once the backoff ends.
+        let now = Instant::now();
+        for _ in 0..forward.breaker_failures {
+            sink.health.record_failure(now);
+        }
+        sink.last_attempt = now;
+        assert_eq!(sink.state(), LinkState::Down);
+        tokio::time::sleep_until(sink.health.ready_at()).await;
+        assert!(sink.probe_due());
     }
 }

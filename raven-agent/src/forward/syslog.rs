@@ -160,6 +160,9 @@ pub struct SyslogSink {
     udp: Option<UdpSocket>,
     /// RFC 3164 messages that could not carry the record id.
     sd_not_applicable: u64,
+    /// A send was interrupted (its future dropped) after it began writing:
+    /// the stream may end in a partial frame, so it must not be reused.
+    interrupted: bool,
 }
 
 impl SyslogSink {
@@ -183,6 +186,7 @@ impl SyslogSink {
             connection: None,
             udp: None,
             sd_not_applicable: 0,
+            interrupted: false,
         })
     }
 
@@ -208,6 +212,9 @@ impl SyslogSink {
     }
 
     async fn connect(&mut self) -> Result<(), SinkError> {
+        if std::mem::take(&mut self.interrupted) {
+            self.connection = None;
+        }
         if let Some(c) = &self.connection {
             if established(c.fd()) {
                 return Ok(());
@@ -296,26 +303,39 @@ impl SyslogSink {
             frame(self.framing, &message, &mut wire);
         }
         self.connect().await.map_err(SinkFailure::none_acknowledged)?;
+        self.interrupted = true;
+        let result = self.write_and_confirm(&wire).await;
+        self.interrupted = false;
+        if result.is_err() {
+            // Never write the retry behind a possibly cut frame.
+            self.connection = None;
+        }
+        result.map_err(SinkFailure::none_acknowledged)?;
+        Ok(Delivered { acknowledged: batch.len(), bytes: wire.len() as u64, skipped: 0 })
+    }
+
+    /// Writes the framed batch and waits for the acknowledgement
+    /// (send queue drained, connection still established after the confirm
+    /// delay).
+    async fn write_and_confirm(&mut self, wire: &[u8]) -> Result<(), SinkError> {
         let connection = self.connection.as_mut().expect("connected");
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let written = tokio::time::timeout_at(deadline, connection.write_all(&wire)).await;
+        let written = tokio::time::timeout_at(deadline, connection.write_all(wire)).await;
         match written {
             Err(_) => {
                 let left = unacknowledged_bytes(connection.fd()).unwrap_or(wire.len() as u64);
-                return Err(SinkFailure::none_acknowledged(SinkError::AckTimeout {
-                    unacknowledged_bytes: left,
-                }));
+                return Err(SinkError::AckTimeout { unacknowledged_bytes: left });
             }
-            Ok(Err(e)) => return Err(SinkFailure::none_acknowledged(SinkError::Write(e))),
+            Ok(Err(e)) => return Err(SinkError::Write(e)),
             Ok(Ok(())) => {}
         }
         let fd = connection.fd();
-        wait_acknowledged(fd, deadline).await.map_err(SinkFailure::none_acknowledged)?;
+        wait_acknowledged(fd, deadline).await?;
         tokio::time::sleep(self.ack_confirm).await;
         if !established(fd) {
-            return Err(SinkFailure::none_acknowledged(SinkError::ConnectionLost));
+            return Err(SinkError::ConnectionLost);
         }
-        Ok(Delivered { acknowledged: batch.len(), bytes: wire.len() as u64, skipped: 0 })
+        Ok(())
     }
 }
 

@@ -569,6 +569,48 @@ mod tests {
         assert_eq!(out.len(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn v5_engine_ids_are_rewritten_and_sflow_is_left_alone() {
+        let mut s = sink();
+        let now = Instant::now();
+        let mut v5 = vec![0u8; 24 + 48];
+        v5[1] = 5;
+        v5[3] = 1;
+        v5[20] = 3; // engine type
+        v5[21] = 9; // engine id
+        let a = s.datagrams_for(&outgoing("198.18.0.2:1", v5.clone(), 1), now);
+        let b = s.datagrams_for(&outgoing("198.18.0.3:1", v5.clone(), 2), now);
+        assert_eq!((a.len(), b.len()), (1, 1));
+        assert_eq!(a[0][20..22], [0, 1]);
+        assert_eq!(b[0][20..22], [0, 2]);
+        assert_eq!(a[0][..20], v5[..20]);
+        assert_eq!(a[0][22..], v5[22..]);
+        let ip: IpAddr = "198.18.0.2".parse().unwrap();
+        assert_eq!(s.mapping().get(&(ip, 0x0309)), Some(&1));
+        // sFlow v5: agent address and sub-agent id are inside; unchanged.
+        let mut sflow = vec![0, 0, 0, 5, 0, 0, 0, 1, 198, 18, 0, 2, 0, 0, 0, 7];
+        sflow.extend([0u8; 12]);
+        let out = s.datagrams_for(&outgoing("198.18.0.2:1", sflow.clone(), 3), now);
+        assert_eq!(out, [sflow]);
+        assert_eq!(s.mapping().len(), 2, "sFlow takes no mapping entry");
+        assert_eq!(s.unparsed(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_rewriting_domains_pass_unchanged() {
+        let mut config = crate::config::SinkConfig::new(
+            "r",
+            crate::config::SinkProtocol::UdpRelay,
+            "192.0.2.1:2055",
+        );
+        config.rewrite_domains = false;
+        let mut s = UdpRelaySink::from_config(&config);
+        let data = v9(77, &[(260, vec![0; 8])]);
+        let out = s.datagrams_for(&outgoing("198.18.0.2:1", data.clone(), 1), Instant::now());
+        assert_eq!(out, [data]);
+        assert!(s.mapping().is_empty());
+    }
+
     #[test]
     fn garbage_and_truncated_datagrams_never_panic() {
         let mut s = sink();
