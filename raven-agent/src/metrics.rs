@@ -267,12 +267,15 @@ impl InternalEvent for SocketOverflowed {
 /// A syslog TCP/TLS connection was refused (limit reached, handshake failed).
 pub struct TcpConnectionRefused {
     pub port: u16,
+    /// The device that tried to connect (logged, not a label).
+    pub exporter: std::net::SocketAddr,
     pub reason: &'static str,
 }
 
 impl InternalEvent for TcpConnectionRefused {
     fn emit(self) {
-        tracing::warn!(port = self.port, reason = self.reason, "syslog connection refused");
+        tracing::warn!(port = self.port, exporter = %self.exporter, stream = "syslog",
+            reason = self.reason, "syslog connection refused");
         metrics().tcp_refused.with_label_values(&[&self.port.to_string(), self.reason]).inc();
     }
 }

@@ -221,7 +221,11 @@ pub async fn run(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics::emit(TcpConnectionRefused { port: spec.port, reason: "connection_limit" });
+            metrics::emit(TcpConnectionRefused {
+                port: spec.port,
+                exporter: peer,
+                reason: "connection_limit",
+            });
             continue; // dropping the stream closes it
         };
         let (tx, cancel, tls) = (tx.clone(), cancel.clone(), tls.clone());
@@ -233,6 +237,7 @@ pub async fn run(
                         tracing::warn!(port = spec.port, %peer, error = %e, "TLS handshake failed");
                         metrics::emit(TcpConnectionRefused {
                             port: spec.port,
+                            exporter: peer,
                             reason: "tls_handshake",
                         });
                         Ok(())
