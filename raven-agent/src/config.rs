@@ -23,8 +23,71 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub api: ApiConfig,
     pub service: ServiceConfig,
+    pub store: StoreConfig,
     // --- forward (issue 5) ---
     pub forward: ForwardConfig,
+}
+
+/// `[store]`: the ring buffer on local disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Segment files and the index live here.
+    pub data_dir: String,
+    /// A segment is sealed once it would grow past this (bytes).
+    pub segment_max_bytes: u64,
+    /// ... or once it is this old (seconds).
+    pub segment_max_age_s: u64,
+    /// gzip level of the blocks (1 fastest .. 9 smallest).
+    pub compression_level: u32,
+    /// Records older than this are evicted (days).
+    pub max_age_days: u64,
+    /// Bytes each stream may use; 0: no per-stream limit.
+    pub stream_quota_bytes: u64,
+    /// Bytes all streams together may use; 0: no total limit.
+    pub total_quota_bytes: u64,
+    /// Evict the oldest segments while the disk has less free than this (bytes).
+    pub min_free_bytes: u64,
+    /// How often retention runs (seconds).
+    pub cleanup_interval_s: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            data_dir: "/var/lib/raven".to_string(),
+            segment_max_bytes: 64 << 20,
+            segment_max_age_s: 3600,
+            compression_level: 6,
+            max_age_days: 14,
+            stream_quota_bytes: 0,
+            total_quota_bytes: 0,
+            min_free_bytes: 1 << 30,
+            cleanup_interval_s: 3600,
+        }
+    }
+}
+
+impl StoreConfig {
+    fn problems(&self) -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        let mut check = |ok: bool, key: &str, reason: &'static str| {
+            if !ok {
+                out.push((format!("store.{key}"), reason));
+            }
+        };
+        check(!self.data_dir.is_empty(), "data_dir", "must name a directory");
+        check(self.segment_max_bytes >= 4096, "segment_max_bytes", "must be at least 4096");
+        check(self.segment_max_age_s >= 1, "segment_max_age_s", "must be at least 1 second");
+        check(
+            (1..=9).contains(&self.compression_level),
+            "compression_level",
+            "must be between 1 and 9",
+        );
+        check(self.max_age_days >= 1, "max_age_days", "must be at least 1 day");
+        check(self.cleanup_interval_s >= 1, "cleanup_interval_s", "must be at least 1 second");
+        out
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -308,6 +371,9 @@ impl Config {
         }
         if self.service.user.contains(['/', ':', ' ', '\0']) {
             problem("service.user".into(), "not a valid user name");
+        }
+        for (key, reason) in self.store.problems() {
+            problem(key, reason);
         }
         for (key, reason) in self.forward.problems() {
             problem(key, &reason);

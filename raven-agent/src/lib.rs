@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod privilege;
 pub mod record;
+pub mod store;
 pub mod tap;

@@ -28,6 +28,10 @@ enum Command {
     Run(RunArgs),
     /// Print captured records as JSON lines (a diagnostic, like tcpdump).
     Tap(tap::TapArgs),
+    /// Look into the store: ls, cat, verify, stats.
+    Segments(raven_agent::store::cli::SegmentsArgs),
+    /// Store maintenance: rebuild-index, load.
+    Store(raven_agent::store::cli::StoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +83,8 @@ fn main() -> anyhow::Result<()> {
                 pipeline::run(args.config, overrides).await
             }
             Command::Tap(args) => tap::run(args).await,
+            Command::Segments(args) => raven_agent::store::cli::segments(args),
+            Command::Store(args) => raven_agent::store::cli::store(args),
         }
     })
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     exporter_bytes: IntCounterVec,
     exporter_ring_full: IntCounterVec,
     xdp_attached: IntGaugeVec,
+    store: StoreMetrics,
     // --- forward (issue 5) ---
     forward: ForwardMetrics,
 }
@@ -124,6 +125,7 @@ impl Metrics {
                 &["exporter", "stream"],
             ),
             xdp_attached,
+            store: StoreMetrics::new(&r),
             forward: ForwardMetrics::new(&r),
             registry: r,
         }
@@ -361,6 +363,242 @@ pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
         }
     }
     out
+}
+
+// --- store ---
+
+struct StoreMetrics {
+    appended_records: IntCounterVec,
+    appended_raw_bytes: IntCounterVec,
+    appended_stored_bytes: IntCounterVec,
+    durable_latency: prometheus::Histogram,
+    write_failures: IntCounterVec,
+    repairs: IntCounterVec,
+    evicted: IntCounterVec,
+    evicted_unforwarded: IntCounterVec,
+    dropped: IntCounterVec,
+    bytes: IntGaugeVec,
+    records: IntGaugeVec,
+    oldest: prometheus::GaugeVec,
+    disk_free: prometheus::IntGauge,
+    disk_total: prometheus::IntGauge,
+}
+
+impl StoreMetrics {
+    fn new(r: &Registry) -> StoreMetrics {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let durable_latency = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "raven_store_durable_latency_seconds",
+                "From capture to durable on disk (fdatasynced and indexed), per record",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric");
+        r.register(Box::new(durable_latency.clone())).expect("metric registered once");
+        let oldest = prometheus::GaugeVec::new(
+            Opts::new(
+                "raven_store_oldest_record_timestamp_seconds",
+                "Capture time of the oldest stored record of a stream (Unix seconds)",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(oldest.clone())).expect("metric registered once");
+        StoreMetrics {
+            appended_records: counter(
+                r,
+                "raven_store_appended_records_total",
+                "Records made durable",
+                &["stream"],
+            ),
+            appended_raw_bytes: counter(
+                r,
+                "raven_store_appended_raw_bytes_total",
+                "Uncompressed bytes of the records made durable",
+                &["stream"],
+            ),
+            appended_stored_bytes: counter(
+                r,
+                "raven_store_appended_stored_bytes_total",
+                "Bytes written to segment files (compressed blocks)",
+                &["stream"],
+            ),
+            durable_latency,
+            write_failures: counter(
+                r,
+                "raven_store_write_failures_total",
+                "Block writes or fdatasyncs that failed (the append is not acknowledged)",
+                &["stream", "reason"],
+            ),
+            repairs: counter(
+                r,
+                "raven_store_repairs_total",
+                "Damage found and repaired: torn tails, quarantined segments, rebuilt index",
+                &["what"],
+            ),
+            evicted: counter(
+                r,
+                "raven_store_evicted_records_total",
+                "Records removed by retention",
+                &["stream", "reason"],
+            ),
+            evicted_unforwarded: counter(
+                r,
+                "raven_store_evicted_unforwarded_records_total",
+                "Records removed by retention before every sink acknowledged them",
+                &["stream"],
+            ),
+            dropped: counter(
+                r,
+                "raven_store_dropped_records_total",
+                "Records that could not be stored (disk full with nothing to evict, I/O errors)",
+                &["stream", "reason"],
+            ),
+            bytes: gauge("raven_store_bytes", "Bytes of segment files per stream", &["stream"]),
+            records: gauge("raven_store_records", "Records stored per stream", &["stream"]),
+            oldest,
+            disk_free: int_gauge(
+                "raven_store_disk_free_bytes",
+                "Free bytes on the data directory's filesystem",
+            ),
+            disk_total: int_gauge(
+                "raven_store_disk_total_bytes",
+                "Size of the data directory's filesystem",
+            ),
+        }
+    }
+}
+
+/// A durable append.
+pub struct StoreAppended<I> {
+    pub stream: Stream,
+    pub records: u64,
+    pub raw_bytes: u64,
+    pub stored_bytes: u64,
+    /// Capture→durable latency of each record.
+    pub latencies: I,
+}
+
+impl<I: Iterator<Item = std::time::Duration>> InternalEvent for StoreAppended<I> {
+    fn emit(self) {
+        let m = &metrics().store;
+        let stream = [self.stream.name()];
+        m.appended_records.with_label_values(&stream).inc_by(self.records);
+        m.appended_raw_bytes.with_label_values(&stream).inc_by(self.raw_bytes);
+        m.appended_stored_bytes.with_label_values(&stream).inc_by(self.stored_bytes);
+        for latency in self.latencies {
+            m.durable_latency.observe(latency.as_secs_f64());
+        }
+    }
+}
+
+/// A block write or fsync failed.
+pub struct StoreWriteFailed {
+    pub stream: Stream,
+    pub reason: &'static str,
+}
+
+impl InternalEvent for StoreWriteFailed {
+    fn emit(self) {
+        tracing::error!(stream = %self.stream, reason = self.reason, "store write failed");
+        metrics().store.write_failures.with_label_values(&[self.stream.name(), self.reason]).inc();
+    }
+}
+
+/// Damage found and dealt with (the log line names the segment).
+pub struct StoreRepaired {
+    pub what: &'static str,
+    pub count: u64,
+}
+
+impl InternalEvent for StoreRepaired {
+    fn emit(self) {
+        metrics().store.repairs.with_label_values(&[self.what]).inc_by(self.count);
+    }
+}
+
+/// Records the store could not keep.
+pub struct StoreDropped {
+    pub stream: Stream,
+    pub reason: &'static str,
+    pub records: u64,
+}
+
+impl InternalEvent for StoreDropped {
+    fn emit(self) {
+        tracing::error!(stream = %self.stream, reason = self.reason, records = self.records,
+            "records could not be stored");
+        metrics()
+            .store
+            .dropped
+            .with_label_values(&[self.stream.name(), self.reason])
+            .inc_by(self.records);
+    }
+}
+
+/// A segment evicted by retention.
+pub struct StoreEvicted {
+    pub stream: Stream,
+    pub reason: &'static str,
+    pub records: u64,
+    pub unforwarded: u64,
+}
+
+impl InternalEvent for StoreEvicted {
+    fn emit(self) {
+        let m = &metrics().store;
+        if self.unforwarded > 0 {
+            tracing::warn!(stream = %self.stream, reason = self.reason,
+                records = self.records, unforwarded = self.unforwarded,
+                "retention evicted records no sink had acknowledged");
+            m.evicted_unforwarded.with_label_values(&[self.stream.name()]).inc_by(self.unforwarded);
+        }
+        m.evicted.with_label_values(&[self.stream.name(), self.reason]).inc_by(self.records);
+    }
+}
+
+/// Sizes of the store and its disk.
+pub struct StoreSampled<'a> {
+    pub disk_total: u64,
+    pub disk_free: u64,
+    pub segments: &'a [crate::store::index::SegmentRow],
+}
+
+impl InternalEvent for StoreSampled<'_> {
+    fn emit(self) {
+        let m = &metrics().store;
+        m.disk_total.set(self.disk_total as i64);
+        m.disk_free.set(self.disk_free as i64);
+        for stream in Stream::ALL {
+            let rows = self.segments.iter().filter(|r| r.stream == stream);
+            let (bytes, records, oldest) = rows.fold((0, 0, None::<u64>), |(b, n, o), r| {
+                let first = r.first_ts.filter(|_| r.records > 0);
+                (
+                    b + r.stored_bytes,
+                    n + r.records,
+                    match (o, first) {
+                        (Some(o), Some(f)) => Some(o.min(f)),
+                        (o, f) => o.or(f),
+                    },
+                )
+            });
+            m.bytes.with_label_values(&[stream.name()]).set(bytes as i64);
+            m.records.with_label_values(&[stream.name()]).set(records as i64);
+            m.oldest
+                .with_label_values(&[stream.name()])
+                .set(oldest.map_or(0.0, |ns| ns as f64 / 1e9));
+        }
+    }
 }
 
 // --- forward (issue 5) ---

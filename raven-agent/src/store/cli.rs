@@ -1,0 +1,301 @@
+//! `raven-agent segments …` and `raven-agent store …`: how a NOC engineer
+//! looks into a box's store, like `nfdump` for flows.
+//!
+//! Invariants: `ls`, `cat` and `stats` only read; `verify` reads every
+//! block and exits non-zero on any damage; `rebuild-index` sets the old
+//! index aside and rebuilds it from the files; `load` appends synthetic
+//! records and prints each acknowledged range (load and crash testing).
+
+use std::{
+    io::{self, BufWriter, Write},
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value, json};
+
+use super::{NewRecord, Store, StoredRecord, segment};
+use crate::{
+    config::StoreConfig,
+    record::{Record, Stream, Via},
+};
+
+#[derive(Args)]
+pub struct SegmentsArgs {
+    /// The store's data directory (store.data_dir).
+    #[arg(long, default_value = "/var/lib/raven")]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: SegmentsCommand,
+}
+
+#[derive(Subcommand)]
+pub enum SegmentsCommand {
+    /// One line per segment.
+    Ls {
+        #[arg(long)]
+        stream: Option<Stream>,
+    },
+    /// Records as JSON lines (the `raven-agent decode` schema plus seq and ts).
+    Cat {
+        #[arg(long)]
+        stream: Option<Stream>,
+        /// RFC 3339 (default: the beginning).
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        exporter: Option<IpAddr>,
+    },
+    /// Check every block's CRC and the index against the files.
+    Verify,
+    /// Records, bytes and compression ratio per stream.
+    Stats,
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    #[arg(long, default_value = "/var/lib/raven")]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Set the index aside and rebuild it from the segment files.
+    RebuildIndex,
+    /// Append synthetic syslog records and print every acknowledged range
+    /// as `first last` (load and crash testing).
+    Load {
+        #[arg(long, default_value_t = 10_000)]
+        records: u64,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 4096)]
+        segment_max_bytes: u64,
+    },
+}
+
+fn open(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    if !data_dir.join("raven.db").exists() && !data_dir.join("segments").exists() {
+        bail!("{} holds no Raven store", data_dir.display());
+    }
+    let config =
+        StoreConfig { data_dir: data_dir.to_string_lossy().into_owned(), ..StoreConfig::default() };
+    Store::open(&config).with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{text:?} is not an RFC 3339 time"))?;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(t.unix_timestamp_nanos().max(0) as u64))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// One stored record as a JSON object: the common fields, the payload,
+/// and the decoded fields merged in.
+pub fn to_json(stored: &StoredRecord) -> Value {
+    let r = &stored.record;
+    let mut object = Map::new();
+    object.insert("seq".into(), json!(stored.seq));
+    object.insert("ts".into(), json!(rfc3339(r.captured_at)));
+    object.insert("stream".into(), json!(r.stream.name()));
+    object.insert("src".into(), json!(r.src.to_string()));
+    object.insert("dst_port".into(), json!(r.dst_port));
+    object.insert("len".into(), json!(r.wire_len));
+    object.insert("truncated".into(), json!(r.truncated));
+    object.insert("via".into(), json!(r.via.name()));
+    object.insert("parse_error".into(), json!(stored.parse_error));
+    match (r.stream, std::str::from_utf8(&r.payload)) {
+        (Stream::Syslog, Ok(text)) => object.insert("payload".into(), json!(text)),
+        _ => object.insert(
+            "payload_b64".into(),
+            json!(base64::engine::general_purpose::STANDARD.encode(&r.payload)),
+        ),
+    };
+    if let Some(decoded) = &stored.decoded
+        && let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(decoded)
+    {
+        for (k, v) in fields {
+            object.entry(k).or_insert(v);
+        }
+    }
+    Value::Object(object)
+}
+
+pub fn segments(args: SegmentsArgs) -> anyhow::Result<()> {
+    let mut out = BufWriter::new(io::stdout().lock());
+    match args.command {
+        SegmentsCommand::Ls { stream } => {
+            let store = open(&args.data_dir)?;
+            writeln!(
+                out,
+                "{:<8} {:>12} {:>12} {:>9} {:>12} {:>7}  {:<25} path",
+                "stream", "first_seq", "last_seq", "records", "bytes", "state", "last"
+            )?;
+            for s in store.segments(stream)? {
+                let last = s.last_ts.map(|ns| rfc3339(segment::from_nanos(ns))).unwrap_or_default();
+                writeln!(
+                    out,
+                    "{:<8} {:>12} {:>12} {:>9} {:>12} {:>7}  {:<25} {}",
+                    s.stream,
+                    s.first_seq,
+                    s.last_seq,
+                    s.records,
+                    s.stored_bytes,
+                    s.state,
+                    last,
+                    s.path
+                )?;
+            }
+        }
+        SegmentsCommand::Cat { stream, from, to, exporter } => {
+            let store = open(&args.data_dir)?;
+            let from =
+                from.as_deref().map(parse_time).transpose()?.unwrap_or(SystemTime::UNIX_EPOCH);
+            let to = to.as_deref().map(parse_time).transpose()?.unwrap_or_else(SystemTime::now);
+            for stored in store.read_range(stream, from, to, exporter)? {
+                serde_json::to_writer(&mut out, &to_json(&stored))?;
+                out.write_all(b"\n")?;
+            }
+        }
+        SegmentsCommand::Verify => {
+            let store = open(&args.data_dir)?;
+            let mut damaged = 0;
+            for s in store.segments(None)? {
+                let path = args.data_dir.join(&s.path);
+                match segment::scan(&path, true) {
+                    Ok(scan) if scan.corrupt.is_none() && !scan.torn_tail => {
+                        let records: u64 = scan.blocks.iter().map(|b| u64::from(b.records)).sum();
+                        if records != s.records {
+                            damaged += 1;
+                            writeln!(
+                                out,
+                                "MISMATCH {}: index says {} records, file holds {records}",
+                                s.path, s.records
+                            )?;
+                        }
+                    }
+                    Ok(scan) => {
+                        damaged += 1;
+                        let why = scan.corrupt.unwrap_or_else(|| "torn tail".into());
+                        writeln!(out, "DAMAGED {}: {why}", s.path)?;
+                    }
+                    Err(e) => {
+                        damaged += 1;
+                        writeln!(out, "UNREADABLE {}: {e}", s.path)?;
+                    }
+                }
+            }
+            out.flush()?;
+            if damaged > 0 {
+                bail!("{damaged} damaged segment(s)");
+            }
+            writeln!(out, "ok")?;
+        }
+        SegmentsCommand::Stats => {
+            let store = open(&args.data_dir)?;
+            writeln!(
+                out,
+                "{:<8} {:>10} {:>12} {:>14} {:>12} {:>8}",
+                "stream", "segments", "records", "raw_bytes", "stored", "ratio"
+            )?;
+            for stream in Stream::ALL {
+                let rows = store.segments(Some(stream))?;
+                let records: u64 = rows.iter().map(|r| r.records).sum();
+                let raw: u64 = rows.iter().map(|r| r.raw_bytes).sum();
+                let stored: u64 = rows.iter().map(|r| r.stored_bytes).sum();
+                let ratio = if stored > 0 { raw as f64 / stored as f64 } else { 0.0 };
+                writeln!(
+                    out,
+                    "{:<8} {:>10} {:>12} {:>14} {:>12} {:>8.2}",
+                    stream,
+                    rows.len(),
+                    records,
+                    raw,
+                    stored,
+                    ratio
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+pub fn store(args: StoreArgs) -> anyhow::Result<()> {
+    match args.command {
+        StoreCommand::RebuildIndex => {
+            let db = args.data_dir.join("raven.db");
+            let aside = args
+                .data_dir
+                .join(format!("raven.db.replaced-{}", segment::nanos(SystemTime::now())));
+            for suffix in ["", "-wal", "-shm"] {
+                let from = PathBuf::from(format!("{}{suffix}", db.display()));
+                if from.exists() {
+                    std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
+                }
+            }
+            let store = open(&args.data_dir)?;
+            let rows = store.segments(None)?;
+            let records: u64 = rows.iter().map(|r| r.records).sum();
+            println!(
+                "rebuilt the index from {} segment(s), {records} record(s); the old one is {}",
+                rows.len(),
+                aside.display()
+            );
+        }
+        StoreCommand::Load { records, batch, segment_max_bytes } => {
+            std::fs::create_dir_all(&args.data_dir)?;
+            let config = StoreConfig {
+                data_dir: args.data_dir.to_string_lossy().into_owned(),
+                segment_max_bytes,
+                ..StoreConfig::default()
+            };
+            let store = Store::open(&config)?;
+            let mut out = io::stdout().lock();
+            let mut made = 0u64;
+            while made < records {
+                let n = batch.min((records - made) as usize);
+                let batch: Vec<NewRecord> = (0..n)
+                    .map(|i| NewRecord {
+                        record: Record {
+                            captured_at: SystemTime::now(),
+                            stream: Stream::Syslog,
+                            src: "192.0.2.10:514".parse().expect("address"),
+                            dst_port: 514,
+                            ifindex: 0,
+                            wire_len: 64,
+                            truncated: false,
+                            via: Via::Socket,
+                            payload: Bytes::from(format!(
+                                "<134>Nov 28 12:00:00 venue-sw1 load: record {}",
+                                made + i as u64
+                            )),
+                        },
+                        decoded: None,
+                        parse_error: None,
+                    })
+                    .collect();
+                let appended = store.append(Stream::Syslog, batch)?;
+                writeln!(out, "{} {}", appended.first_seq, appended.last_seq)?;
+                out.flush()?;
+                made += n as u64;
+            }
+        }
+    }
+    Ok(())
+}

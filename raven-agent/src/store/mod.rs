@@ -1,0 +1,826 @@
+//! Store: the appliance's two-week ring buffer on local disk.
+//!
+//! Invariants:
+//! - The segment files are the truth; the SQLite index summarises them.
+//! - Order of operations, always: (1) write a block and `fdatasync` the
+//!   file, (2) update the index, (3) tell readers and waiting senders. A
+//!   new segment's file and directory are fsynced before its row exists.
+//!   Eviction deletes the row first and the file after. So the index never
+//!   references data that is not durable, and a crash between two steps
+//!   leaves at worst a file without a row (indexed again at start-up) or a
+//!   row whose totals lag its file (recomputed at start-up).
+//! - Records of a stream get dense, monotonic sequence numbers; an
+//!   acknowledged append is never lost except by retention (counted).
+//! - Damage never stops the store: a torn tail is truncated, a damaged
+//!   segment is moved to `quarantine/`, a missing or corrupt index is
+//!   rebuilt from the files; each is counted.
+//! - A full disk evicts the oldest sealed segments and retries; if nothing
+//!   can go, the append fails with [`StoreError::DiskFull`] (the caller
+//!   counts the records) and the store reports itself degraded.
+//!
+//! Layout: `<data_dir>/raven.db` (+ `-wal`, `-shm`), segments in
+//! `<data_dir>/segments/<stream>/<YYYYMMDD>/<first_seq:020>.seg`,
+//! `<data_dir>/quarantine/`. The file format is in [`segment`] and
+//! `docs/segment-format.md`.
+//!
+//! Operations: [`Store::append`] (durable when it returns), [`Store::read`]
+//! (from a sequence number), [`Store::read_range`] (by time and exporter),
+//! cursors, [`Store::cleanup`] (retention), [`Store::status`].
+
+pub mod cli;
+pub mod index;
+pub mod segment;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use self::{
+    index::{Index, SegmentRow},
+    segment::{BlockMeta, nanos},
+};
+use crate::{config::StoreConfig, metrics, record::Record, record::Stream};
+
+/// A record handed to the store.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    pub record: Record,
+    /// Decoded fields as a JSON object (opaque to the store).
+    pub decoded: Option<Bytes>,
+    pub parse_error: Option<String>,
+}
+
+/// A record read back, with its sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub seq: u64,
+    pub record: Record,
+    pub decoded: Option<Bytes>,
+    pub parse_error: Option<String>,
+}
+
+/// Sequence numbers given to an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O: {0}")]
+    Io(io::Error),
+    #[error("index: {0}")]
+    Index(String),
+    #[error("damaged block at byte {offset}: {reason}")]
+    Damaged { offset: u64, reason: String },
+    #[error("disk full and nothing left to evict")]
+    DiskFull,
+}
+
+/// What a cleanup removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Evicted {
+    pub segments: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Records no sink had acknowledged yet.
+    pub unforwarded_records: u64,
+}
+
+/// One stream's share of the store.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct StreamStatus {
+    pub stream: String,
+    pub records: u64,
+    pub bytes: u64,
+    pub segments: u64,
+    /// RFC 3339, null when empty.
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+    /// Bytes against the stream's quota (or the total quota, or the disk).
+    pub fill_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct StoreStatus {
+    pub streams: Vec<StreamStatus>,
+    pub disk_total_bytes: u64,
+    pub disk_free_bytes: u64,
+    /// `ok` or `degraded`.
+    pub state: String,
+    pub reasons: Vec<String>,
+}
+
+struct OpenSegment {
+    id: i64,
+    file: File,
+    len: u64,
+    created: SystemTime,
+}
+
+struct State {
+    index: Index,
+    open: BTreeMap<Stream, OpenSegment>,
+    next_seq: BTreeMap<Stream, u64>,
+    /// Block lists of segments read so far (sealed ones never change).
+    blocks: HashMap<i64, Vec<BlockMeta>>,
+    /// Why the store is degraded right now (disk full, write errors).
+    degraded: BTreeMap<&'static str, String>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: Mutex<StoreConfig>,
+    state: Mutex<State>,
+    durable: watch::Sender<u64>,
+}
+
+/// A handle on the store; clones share it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+fn io_error(e: io::Error) -> StoreError {
+    StoreError::Io(e)
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn rfc3339(ns: u64) -> String {
+    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(ns as i64);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// `statvfs` of the data directory: (total, free for unprivileged use).
+pub fn disk_space(dir: &Path) -> (u64, u64) {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return (0, 0);
+    };
+    // SAFETY: statvfs writes into the zeroed struct we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return (0, 0);
+    }
+    let frsize = st.f_frsize as u64;
+    (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
+}
+
+impl Store {
+    /// Opens the store in `config.data_dir`: creates what is missing,
+    /// applies index migrations, and reconciles the index with the files.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let dir = PathBuf::from(&config.data_dir);
+        fs::create_dir_all(dir.join("segments")).map_err(io_error)?;
+        let db_path = dir.join("raven.db");
+        let index = match Index::open(&db_path) {
+            Ok(index) => index,
+            Err(e) => {
+                // Set the damaged index aside (never delete evidence) and
+                // rebuild it from the files.
+                let aside = dir.join(format!("raven.db.corrupt-{}", nanos(SystemTime::now())));
+                tracing::error!(error = %e, aside = %aside.display(),
+                    "the store index cannot be opened; rebuilding it from the segment files");
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", db_path.display()));
+                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                    if from.exists() {
+                        fs::rename(from, to).map_err(io_error)?;
+                    }
+                }
+                metrics::emit(metrics::StoreRepaired { what: "index_rebuilt", count: 1 });
+                Index::open(&db_path)?
+            }
+        };
+        let (durable, _) = watch::channel(0);
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir,
+                config: Mutex::new(config.clone()),
+                state: Mutex::new(State {
+                    index,
+                    open: BTreeMap::new(),
+                    next_seq: BTreeMap::new(),
+                    blocks: HashMap::new(),
+                    degraded: BTreeMap::new(),
+                }),
+                durable,
+            }),
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Takes a new retention/segment configuration (the data directory
+    /// itself needs a restart).
+    pub fn reconfigure(&self, config: &StoreConfig) {
+        *self.inner.config.lock().expect("store config lock") = config.clone();
+    }
+
+    fn config(&self) -> StoreConfig {
+        self.inner.config.lock().expect("store config lock").clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes on every durable append.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.durable.subscribe()
+    }
+
+    /// The highest durable sequence number of the stream.
+    pub fn durable_seq(&self, stream: Stream) -> Option<u64> {
+        self.state().next_seq.get(&stream).and_then(|n| n.checked_sub(1))
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.inner.dir).unwrap_or(path).to_string_lossy().into_owned()
+    }
+
+    /// Brings the index in line with the files (see the module invariants).
+    fn reconcile(&self) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let rows = state.index.segments(None)?;
+        let mut known: HashMap<String, SegmentRow> =
+            rows.into_iter().map(|r| (r.path.clone(), r)).collect();
+        let mut on_disk = Vec::new();
+        for stream in Stream::ALL {
+            let root = self.inner.dir.join("segments").join(stream.name());
+            let Ok(days) = fs::read_dir(&root) else { continue };
+            for day in days.flatten() {
+                let Ok(files) = fs::read_dir(day.path()) else { continue };
+                for file in files.flatten() {
+                    let path = file.path();
+                    if path.extension().is_some_and(|e| e == "seg") {
+                        on_disk.push((stream, path));
+                    }
+                }
+            }
+        }
+        on_disk.sort();
+        for (stream, path) in on_disk {
+            let relative = self.relative(&path);
+            let row = known.remove(&relative);
+            if let Some(row) = &row
+                && row.state == "sealed"
+            {
+                continue; // sealed segments are trusted; `segments verify` checks them
+            }
+            let scan = match segment::scan(&path, true) {
+                Ok(scan) => scan,
+                Err(reason) => {
+                    self.quarantine(&mut state, &path, row.as_ref(), &reason)?;
+                    continue;
+                }
+            };
+            if let Some(reason) = &scan.corrupt {
+                self.quarantine(&mut state, &path, row.as_ref(), reason)?;
+                continue;
+            }
+            if scan.torn_tail || scan.valid_len < scan.file_len {
+                tracing::warn!(segment = %relative, stream = %stream,
+                    valid = scan.valid_len, length = scan.file_len,
+                    reason = "torn_tail", "truncating an interrupted write");
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_error)?;
+                file.set_len(scan.valid_len).map_err(io_error)?;
+                file.sync_all().map_err(io_error)?;
+                metrics::emit(metrics::StoreRepaired { what: "torn_tail", count: 1 });
+            }
+            let id = match &row {
+                Some(row) => row.id,
+                None => {
+                    let first_seq = scan.blocks.first().map_or_else(
+                        || {
+                            path.file_stem()
+                                .and_then(|s| s.to_str())
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0)
+                        },
+                        |b| b.first_seq,
+                    );
+                    tracing::warn!(segment = %relative, stream = %stream,
+                        reason = "unindexed", "indexing a segment file the index did not know");
+                    state.index.insert_segment(stream, &relative, first_seq, 0, "open")?
+                }
+            };
+            let summary = self.summarise(&path, &scan.blocks, stream)?;
+            let last_seq = scan.blocks.last().map_or_else(
+                || row.as_ref().map_or(-1, |r| r.first_seq as i64 - 1),
+                |b| b.last_seq() as i64,
+            );
+            state.index.replace_totals(
+                id,
+                last_seq,
+                summary.records,
+                summary.raw_bytes,
+                scan.valid_len,
+                summary.first_ts,
+                summary.last_ts,
+                &summary.exporters,
+            )?;
+            if scan.blocks.is_empty() {
+                // Nothing durable in it (a crash right after creating it, or
+                // a torn first block): its name would collide with the next
+                // segment's. Row first, then the file.
+                state.index.delete_segment(id)?;
+                fs::remove_file(&path).map_err(io_error)?;
+                continue;
+            }
+            // Appends always start a new segment after a restart, so every
+            // segment found here is sealed now.
+            state.index.set_state(id, "sealed")?;
+        }
+        for (path, row) in known {
+            tracing::warn!(segment = %path, stream = %row.stream, reason = "file_missing",
+                "dropping the index row of a segment file that is gone");
+            state.index.delete_segment(row.id)?;
+            metrics::emit(metrics::StoreRepaired { what: "row_without_file", count: 1 });
+        }
+        for row in state.index.segments(None)? {
+            let next = (row.last_seq + 1).max(0) as u64;
+            let entry = state.next_seq.entry(row.stream).or_insert(0);
+            *entry = (*entry).max(next);
+        }
+        Ok(())
+    }
+
+    fn quarantine(
+        &self,
+        state: &mut State,
+        path: &Path,
+        row: Option<&SegmentRow>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let dir = self.inner.dir.join("quarantine");
+        fs::create_dir_all(&dir).map_err(io_error)?;
+        let name = self.relative(path).replace('/', "_");
+        let target = dir.join(name);
+        tracing::error!(segment = %path.display(), reason, quarantined = %target.display(),
+            "damaged segment moved to quarantine; the rest of the store is served");
+        if let Some(row) = row {
+            state.index.delete_segment(row.id)?;
+        }
+        fs::rename(path, &target).map_err(io_error)?;
+        metrics::emit(metrics::StoreRepaired { what: "quarantined", count: 1 });
+        Ok(())
+    }
+
+    fn summarise(
+        &self,
+        path: &Path,
+        blocks: &[BlockMeta],
+        stream: Stream,
+    ) -> Result<Summary, StoreError> {
+        let mut summary = Summary::default();
+        let mut file = File::open(path).map_err(io_error)?;
+        for block in blocks {
+            let records = segment::read_block(&mut file, block, stream)?;
+            summary.add(records.iter().map(|r| &r.record));
+        }
+        Ok(summary)
+    }
+
+    /// Appends records of one stream as one block. Returns when they are
+    /// durable (written, fdatasynced, indexed).
+    pub fn append(&self, stream: Stream, records: Vec<NewRecord>) -> Result<Appended, StoreError> {
+        if records.is_empty() {
+            let next = self.state().next_seq.get(&stream).copied().unwrap_or(0);
+            return Ok(Appended { first_seq: next, last_seq: next.wrapping_sub(1) });
+        }
+        let config = self.config();
+        let result = self.try_append(stream, &records, &config);
+        match result {
+            Err(StoreError::Io(e)) if is_disk_full(&e) => {
+                tracing::warn!(%stream, records = records.len(), reason = "disk_full",
+                    "disk full: evicting the oldest segments and retrying");
+                let evicted = self.evict_oldest_for_space()?;
+                if evicted.segments == 0 {
+                    self.state()
+                        .degraded
+                        .insert("disk_full", "disk full and nothing to evict".into());
+                    return Err(StoreError::DiskFull);
+                }
+                let retried = self.try_append(stream, &records, &config);
+                if let Err(StoreError::Io(e)) = &retried
+                    && is_disk_full(e)
+                {
+                    self.state().degraded.insert("disk_full", "disk full after eviction".into());
+                    return Err(StoreError::DiskFull);
+                }
+                retried
+            }
+            other => other,
+        }
+    }
+
+    fn try_append(
+        &self,
+        stream: Stream,
+        records: &[NewRecord],
+        config: &StoreConfig,
+    ) -> Result<Appended, StoreError> {
+        let mut state = self.state();
+        let now = SystemTime::now();
+        let first_seq = state.next_seq.get(&stream).copied().unwrap_or(0);
+        let (block, raw_len) = segment::encode_block(first_seq, records, config.compression_level)
+            .map_err(io_error)?;
+        let needs_new = match state.open.get(&stream) {
+            None => true,
+            Some(open) => {
+                open.len + block.len() as u64 > config.segment_max_bytes
+                    && open.len > segment::HEADER_LEN
+                    || now.duration_since(open.created).unwrap_or_default()
+                        >= Duration::from_secs(config.segment_max_age_s)
+            }
+        };
+        if needs_new {
+            if let Some(old) = state.open.remove(&stream) {
+                state.index.set_state(old.id, "sealed")?;
+            }
+            let open = self.create_segment(&mut state, stream, first_seq, now)?;
+            state.open.insert(stream, open);
+        }
+        let open = state.open.get_mut(&stream).expect("an open segment");
+        let offset = open.len;
+        let written = open.file.write_all(&block).and_then(|()| open.file.sync_data());
+        if let Err(e) = written {
+            // Leave the file as it was: a partial block must not precede the
+            // retry's block.
+            let _ = open.file.set_len(offset);
+            let failure = if is_disk_full(&e) { "disk_full" } else { "write" };
+            metrics::emit(metrics::StoreWriteFailed { stream, reason: failure });
+            state.degraded.insert("write_failed", format!("{stream}: {e}"));
+            return Err(StoreError::Io(e));
+        }
+        open.len += block.len() as u64;
+        let (id, len) = (open.id, open.len);
+        let last_seq = first_seq + records.len() as u64 - 1;
+        let mut summary = Summary::default();
+        summary.add(records.iter().map(|r| &r.record));
+        state.index.record_block(
+            id,
+            last_seq,
+            records.len() as u64,
+            summary.raw_bytes,
+            len,
+            summary.first_ts.unwrap_or(0),
+            summary.last_ts.unwrap_or(0),
+            &summary.exporters,
+        )?;
+        state.blocks.entry(id).or_default().push(BlockMeta {
+            offset,
+            len: (block.len() as u64 - segment::BLOCK_HEADER_LEN) as u32,
+            first_seq,
+            records: records.len() as u32,
+        });
+        state.next_seq.insert(stream, last_seq + 1);
+        state.degraded.remove("write_failed");
+        state.degraded.remove("disk_full");
+        drop(state);
+        self.inner.durable.send_modify(|n| *n = n.wrapping_add(1));
+        let durable_at = SystemTime::now();
+        metrics::emit(metrics::StoreAppended {
+            stream,
+            records: records.len() as u64,
+            raw_bytes: raw_len as u64,
+            stored_bytes: block.len() as u64,
+            latencies: records
+                .iter()
+                .map(|r| durable_at.duration_since(r.record.captured_at).unwrap_or_default()),
+        });
+        Ok(Appended { first_seq, last_seq })
+    }
+
+    fn create_segment(
+        &self,
+        state: &mut State,
+        stream: Stream,
+        first_seq: u64,
+        now: SystemTime,
+    ) -> Result<OpenSegment, StoreError> {
+        let day = time::OffsetDateTime::from(now);
+        let dir = self.inner.dir.join("segments").join(stream.name()).join(format!(
+            "{:04}{:02}{:02}",
+            day.year(),
+            day.month() as u8,
+            day.day()
+        ));
+        fs::create_dir_all(&dir).map_err(io_error)?;
+        let path = dir.join(format!("{first_seq:020}.seg"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .read(true)
+            .open(&path)
+            .map_err(io_error)?;
+        segment::write_header(&mut file, stream, now).map_err(io_error)?;
+        file.sync_all().map_err(io_error)?;
+        sync_dir(&dir).map_err(io_error)?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_error)?;
+        }
+        let relative = self.relative(&path);
+        let id = state.index.insert_segment(stream, &relative, first_seq, nanos(now), "open")?;
+        Ok(OpenSegment { id, file, len: segment::HEADER_LEN, created: now })
+    }
+
+    fn blocks_of(&self, state: &mut State, row: &SegmentRow) -> Result<Vec<BlockMeta>, StoreError> {
+        if let Some(blocks) = state.blocks.get(&row.id) {
+            return Ok(blocks.clone());
+        }
+        let path = self.inner.dir.join(&row.path);
+        let scan = segment::scan(&path, false)
+            .map_err(|reason| StoreError::Damaged { offset: 0, reason })?;
+        state.blocks.insert(row.id, scan.blocks.clone());
+        Ok(scan.blocks)
+    }
+
+    /// Records of `stream` with `seq >= from_seq`, in order, at most `max`.
+    pub fn read(
+        &self,
+        stream: Stream,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut state = self.state();
+        let rows: Vec<SegmentRow> = state
+            .index
+            .segments(Some(stream))?
+            .into_iter()
+            .filter(|r| r.records > 0 && r.last_seq >= from_seq as i64)
+            .collect();
+        let mut out = Vec::new();
+        for row in rows {
+            let blocks = self.blocks_of(&mut state, &row)?;
+            let path = self.inner.dir.join(&row.path);
+            let mut file = File::open(&path).map_err(io_error)?;
+            for block in blocks.iter().filter(|b| b.last_seq() >= from_seq) {
+                match segment::read_block(&mut file, block, stream) {
+                    Ok(records) => out.extend(records.into_iter().filter(|r| r.seq >= from_seq)),
+                    Err(e) => {
+                        // One bad block must not stall a reader: skip it,
+                        // loudly; `segments verify` finds it too.
+                        tracing::error!(segment = %row.path, %stream, error = %e,
+                            reason = "damaged_block", "skipping a damaged block");
+                        metrics::emit(metrics::StoreRepaired {
+                            what: "damaged_block_skipped",
+                            count: 1,
+                        });
+                    }
+                }
+                if out.len() >= max {
+                    out.truncate(max);
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records captured between `from` and `to` (inclusive), optionally of
+    /// one stream and one exporter, oldest segment first.
+    pub fn read_range(
+        &self,
+        stream: Option<Stream>,
+        from: SystemTime,
+        to: SystemTime,
+        exporter: Option<IpAddr>,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let (from_ns, to_ns) = (nanos(from), nanos(to));
+        let mut state = self.state();
+        let rows = state.index.segments_for_range(stream, from_ns, to_ns, exporter)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let blocks = self.blocks_of(&mut state, &row)?;
+            let mut file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
+            for block in &blocks {
+                let records = segment::read_block(&mut file, block, row.stream)?;
+                out.extend(records.into_iter().filter(|r| {
+                    let t = nanos(r.record.captured_at);
+                    t >= from_ns && t <= to_ns && exporter.is_none_or(|ip| r.record.src.ip() == ip)
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn cursor(&self, sink: &str, stream: Stream) -> Result<Option<u64>, StoreError> {
+        self.state().index.cursor(sink, stream)
+    }
+
+    /// Moves a sink's cursor forward (never back).
+    pub fn set_cursor(&self, sink: &str, stream: Stream, seq: u64) -> Result<(), StoreError> {
+        self.state().index.set_cursor(sink, stream, seq, nanos(SystemTime::now()))
+    }
+
+    pub fn record_config(&self, json: &str) -> Result<(), StoreError> {
+        self.state().index.record_config(json, nanos(SystemTime::now()))
+    }
+
+    pub fn segments(&self, stream: Option<Stream>) -> Result<Vec<SegmentRow>, StoreError> {
+        self.state().index.segments(stream)
+    }
+
+    /// Retention: age, per-stream quota, total quota, free-disk watermark.
+    pub fn cleanup(&self, now: SystemTime) -> Result<Evicted, StoreError> {
+        let config = self.config();
+        let mut total = Evicted::default();
+        let max_age = Duration::from_secs(config.max_age_days * 86_400);
+        let cutoff = nanos(now.checked_sub(max_age).unwrap_or(SystemTime::UNIX_EPOCH));
+        // Age first: everything entirely older than the cutoff.
+        for row in self.evictable()? {
+            if row.last_ts.is_some_and(|t| t < cutoff) {
+                self.evict(&row, "max_age", &mut total)?;
+            }
+        }
+        // Per-stream quota.
+        if config.stream_quota_bytes > 0 {
+            for stream in Stream::ALL {
+                let mut rows = self.evictable()?;
+                rows.retain(|r| r.stream == stream);
+                let mut used: u64 =
+                    self.segments(Some(stream))?.iter().map(|r| r.stored_bytes).sum();
+                for row in rows {
+                    if used <= config.stream_quota_bytes {
+                        break;
+                    }
+                    used = used.saturating_sub(row.stored_bytes);
+                    self.evict(&row, "stream_quota", &mut total)?;
+                }
+            }
+        }
+        if config.total_quota_bytes > 0 {
+            let mut used: u64 = self.segments(None)?.iter().map(|r| r.stored_bytes).sum();
+            for row in self.evictable()? {
+                if used <= config.total_quota_bytes {
+                    break;
+                }
+                used = used.saturating_sub(row.stored_bytes);
+                self.evict(&row, "total_quota", &mut total)?;
+            }
+        }
+        for row in self.evictable()? {
+            let (_, free) = disk_space(&self.inner.dir);
+            if free >= config.min_free_bytes {
+                break;
+            }
+            self.evict(&row, "min_free", &mut total)?;
+        }
+        let (disk_total, free) = disk_space(&self.inner.dir);
+        metrics::emit(metrics::StoreSampled {
+            disk_total,
+            disk_free: free,
+            segments: &self.segments(None)?,
+        });
+        Ok(total)
+    }
+
+    /// Sealed segments, oldest (by last record) first.
+    fn evictable(&self) -> Result<Vec<SegmentRow>, StoreError> {
+        let mut rows: Vec<SegmentRow> =
+            self.segments(None)?.into_iter().filter(|r| r.state == "sealed").collect();
+        rows.sort_by_key(|r| (r.last_ts.unwrap_or(0), r.id));
+        Ok(rows)
+    }
+
+    fn evict_oldest_for_space(&self) -> Result<Evicted, StoreError> {
+        let mut total = Evicted::default();
+        if let Some(row) = self.evictable()?.into_iter().next() {
+            self.evict(&row, "disk_full", &mut total)?;
+        }
+        Ok(total)
+    }
+
+    fn evict(
+        &self,
+        row: &SegmentRow,
+        reason: &'static str,
+        total: &mut Evicted,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let acknowledged = state.index.min_cursor(row.stream)?.unwrap_or(-1);
+        let unforwarded = if row.last_seq > acknowledged {
+            (row.last_seq - acknowledged.max(row.first_seq as i64 - 1)) as u64
+        } else {
+            0
+        };
+        // Row first, file second: the index never points at a missing file.
+        state.index.delete_segment(row.id)?;
+        state.blocks.remove(&row.id);
+        drop(state);
+        let path = self.inner.dir.join(&row.path);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::error!(segment = %row.path, error = %e, "cannot delete an evicted segment");
+        }
+        total.segments += 1;
+        total.records += row.records;
+        total.bytes += row.stored_bytes;
+        total.unforwarded_records += unforwarded;
+        metrics::emit(metrics::StoreEvicted {
+            stream: row.stream,
+            reason,
+            records: row.records,
+            unforwarded,
+        });
+        Ok(())
+    }
+
+    pub fn status(&self) -> Result<StoreStatus, StoreError> {
+        let config = self.config();
+        let rows = self.segments(None)?;
+        let (disk_total, disk_free) = disk_space(&self.inner.dir);
+        let streams = Stream::ALL
+            .iter()
+            .map(|&stream| {
+                let mine: Vec<&SegmentRow> = rows.iter().filter(|r| r.stream == stream).collect();
+                let bytes: u64 = mine.iter().map(|r| r.stored_bytes).sum();
+                let quota = if config.stream_quota_bytes > 0 {
+                    config.stream_quota_bytes
+                } else if config.total_quota_bytes > 0 {
+                    config.total_quota_bytes
+                } else {
+                    disk_total.saturating_sub(config.min_free_bytes).max(1)
+                };
+                StreamStatus {
+                    stream: stream.name().to_string(),
+                    records: mine.iter().map(|r| r.records).sum(),
+                    bytes,
+                    segments: mine.len() as u64,
+                    oldest: mine.iter().filter_map(|r| r.first_ts).min().map(rfc3339),
+                    newest: mine.iter().filter_map(|r| r.last_ts).max().map(rfc3339),
+                    fill_ratio: bytes as f64 / quota as f64,
+                }
+            })
+            .collect();
+        let mut reasons: Vec<String> = self.state().degraded.values().cloned().collect();
+        if disk_free < config.min_free_bytes {
+            reasons.push(format!("disk free {disk_free} bytes is below store.min_free_bytes"));
+        }
+        Ok(StoreStatus {
+            streams,
+            disk_total_bytes: disk_total,
+            disk_free_bytes: disk_free,
+            state: if reasons.is_empty() { "ok" } else { "degraded" }.to_string(),
+            reasons,
+        })
+    }
+}
+
+/// Totals of a set of records, for the index.
+#[derive(Default)]
+struct Summary {
+    records: u64,
+    raw_bytes: u64,
+    first_ts: Option<u64>,
+    last_ts: Option<u64>,
+    /// (exporter, records, first ts, last ts)
+    exporters: Vec<(IpAddr, u64, u64, u64)>,
+}
+
+impl Summary {
+    fn add<'a>(&mut self, records: impl Iterator<Item = &'a Record>) {
+        let mut exporters: BTreeMap<IpAddr, (u64, u64, u64)> =
+            self.exporters.drain(..).map(|(ip, n, f, l)| (ip, (n, f, l))).collect();
+        for r in records {
+            let t = nanos(r.captured_at);
+            self.records += 1;
+            self.raw_bytes += r.payload.len() as u64;
+            self.first_ts = Some(self.first_ts.map_or(t, |f| f.min(t)));
+            self.last_ts = Some(self.last_ts.map_or(t, |l| l.max(t)));
+            let e = exporters.entry(r.src.ip()).or_insert((0, t, t));
+            e.0 += 1;
+            e.1 = e.1.min(t);
+            e.2 = e.2.max(t);
+        }
+        self.exporters = exporters.into_iter().map(|(ip, (n, f, l))| (ip, n, f, l)).collect();
+    }
+}
+
+#[cfg(test)]
+mod tests;
