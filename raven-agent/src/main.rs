@@ -44,6 +44,9 @@ struct RunArgs {
     /// Override capture.interfaces (repeatable).
     #[arg(long = "interface", short = 'i')]
     interfaces: Vec<String>,
+    /// Override store.data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +81,9 @@ fn main() -> anyhow::Result<()> {
                     }
                     if !args.interfaces.is_empty() {
                         config.capture.interfaces = args.interfaces.clone();
+                    }
+                    if let Some(dir) = &args.data_dir {
+                        config.store.data_dir = dir.to_string_lossy().into_owned();
                     }
                 };
                 pipeline::run(args.config, overrides).await

@@ -7,13 +7,17 @@
 //!   each key and reason is reported and the running configuration stays.
 //! - SIGTERM/SIGINT detach XDP first, then drain the ring and the sockets
 //!   into the pipeline, then exit.
-//! - Until the store exists, the last stage counts every record it receives
-//!   as dropped with reason `store_not_built`: visible, never silent.
+//! - Every captured record is appended to the store; what the store cannot
+//!   take is counted as dropped with its reason. Sinks read only from the
+//!   store, so capture never waits for the network.
+//! - SIGTERM order: detach XDP, drain capture into the store, then stop the
+//!   forwarders (what they had not sent stays in the store for next time).
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context;
@@ -24,11 +28,16 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::{self, ApiState, CaptureStatus, Control, auth::Tokens, status::RateHistory},
-    capture::{CaptureEngine, CaptureError, ring::count_lost},
-    config::{Config, ConfigError, Problem},
+    api::{self, ApiState, CaptureStatus, Control, SinkBacklog, auth::Tokens, status::RateHistory},
+    capture::{CaptureEngine, CaptureError},
+    config::{Config, ConfigError, ForwardConfig, Problem},
+    forward::{
+        ManagedSink,
+        forwarder::{self, Backlog, SinkControl, StoreBacklog},
+    },
     metrics, privilege,
-    record::Batch,
+    record::{Batch, Stream},
+    store::{NewRecord, Store, StoreError},
 };
 
 fn load(path: &Path, overrides: &impl Fn(&mut Config)) -> Result<Config, ConfigError> {
@@ -38,10 +47,106 @@ fn load(path: &Path, overrides: &impl Fn(&mut Config)) -> Result<Config, ConfigE
     Ok(config)
 }
 
-/// The stage after capture until decode and store land.
-async fn consume(mut rx: mpsc::Receiver<Batch>) {
+/// The stage after capture: store each batch durably, per stream, in
+/// arrival order. A batch the store cannot take is counted as dropped with
+/// the store's reason, never silently.
+async fn ingest(mut rx: mpsc::Receiver<Batch>, store: Store) {
     while let Some(batch) = rx.recv().await {
-        count_lost(&batch, "store_not_built");
+        let store = store.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut by_stream: BTreeMap<Stream, Vec<NewRecord>> = BTreeMap::new();
+            for record in batch {
+                by_stream.entry(record.stream).or_default().push(NewRecord {
+                    record,
+                    decoded: None,
+                    parse_error: None,
+                });
+            }
+            for (stream, records) in by_stream {
+                let count = records.len() as u64;
+                if let Err(e) = store.append(stream, records) {
+                    let reason = match e {
+                        StoreError::DiskFull => "disk_full",
+                        _ => "io",
+                    };
+                    tracing::error!(%stream, records = count, reason, error = %e,
+                        "records could not be stored");
+                    metrics::emit(metrics::StoreDropped { stream, reason, records: count });
+                }
+            }
+        })
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "the store task failed");
+        }
+    }
+}
+
+/// The sinks' forwarder tasks; replaced whole when `forward` changes.
+struct Forwarders {
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    controls: Vec<SinkControl>,
+    config: ForwardConfig,
+}
+
+impl Forwarders {
+    fn start(
+        config: &ForwardConfig,
+        store: &Store,
+        vpn: &watch::Receiver<bool>,
+    ) -> Result<Forwarders, Vec<Problem>> {
+        let backlog: Arc<dyn Backlog> =
+            Arc::new(StoreBacklog { store: store.clone(), appliance: config.appliance_id.clone() });
+        let mut sinks = Vec::new();
+        for (i, sink) in config.sinks.iter().enumerate() {
+            let managed = ManagedSink::new(sink, config)
+                .map_err(|e| problem(&format!("forward.sinks[{i}]"), e))?;
+            sinks.push(managed);
+        }
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let mut controls = Vec::new();
+        for sink in sinks {
+            let flush = Arc::new(tokio::sync::Notify::new());
+            controls.push(SinkControl { name: sink.name().to_string(), flush: flush.clone() });
+            tasks.push(tokio::spawn(forwarder::run(
+                sink,
+                Duration::from_millis(config.probe_interval_ms),
+                backlog.clone(),
+                vpn.clone(),
+                flush,
+                cancel.clone(),
+            )));
+        }
+        Ok(Forwarders { cancel, tasks, controls, config: config.clone() })
+    }
+
+    /// Wakes every sink that takes `stream` and lets it skip its backoff
+    /// once; returns each one's backlog.
+    fn flush(&self, stream: Stream, store: &Store) -> Vec<SinkBacklog> {
+        let durable = store.durable_seq(stream).map_or(0, |d| d + 1);
+        self.config
+            .sinks
+            .iter()
+            .zip(&self.controls)
+            .filter(|(sink, _)| sink.effective_streams().contains(&stream))
+            .map(|(sink, control)| {
+                control.flush.notify_one();
+                let next = store.cursor(&sink.name, stream).ok().flatten().map_or(0, |c| c + 1);
+                SinkBacklog {
+                    sink: sink.name.clone(),
+                    backlog_records: durable.saturating_sub(next),
+                }
+            })
+            .collect()
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
@@ -54,16 +159,20 @@ struct Running {
     engine: CaptureEngine,
     config: watch::Sender<Config>,
     tokens: Arc<RwLock<Tokens>>,
+    store: Store,
+    forwarders: Option<Forwarders>,
+    vpn: watch::Receiver<bool>,
 }
 
 impl Running {
-    fn apply(&mut self, new: Config) -> Result<(), Vec<Problem>> {
+    async fn apply(&mut self, new: Config) -> Result<(), Vec<Problem>> {
         let current = self.config.borrow().clone();
         let mut restart: Vec<&str> = self.engine.restart_needed(&new.capture);
         restart.extend(
             [
                 ("api.listen", new.api.listen != current.api.listen),
                 ("service.user", new.service.user != current.service.user),
+                ("store.data_dir", new.store.data_dir != current.store.data_dir),
             ]
             .into_iter()
             .filter_map(|(key, changed)| changed.then_some(key)),
@@ -73,12 +182,32 @@ impl Running {
             return Err(restart.into_iter().flat_map(|key| problem(key, reason)).collect());
         }
         let tokens = Tokens::load(&new.api).map_err(|e| problem("api.tokens_file", e))?;
+        // Every sink must build before anything changes (all or nothing).
+        for (i, sink) in new.forward.sinks.iter().enumerate() {
+            ManagedSink::new(sink, &new.forward)
+                .map_err(|e| problem(&format!("forward.sinks[{i}]"), e))?;
+        }
         self.engine.apply(&new.capture).map_err(|e| match e {
             CaptureError::NeedsRestart { key } => problem(key, e),
             CaptureError::Bind { .. } => problem("capture.ports", e),
             other => problem("capture", other),
         })?;
         *self.tokens.write().expect("token lock") = tokens;
+        self.store.reconfigure(&new.store);
+        if self.forwarders.as_ref().is_none_or(|f| f.config != new.forward) {
+            if let Some(old) = self.forwarders.take() {
+                old.stop().await;
+            }
+            self.forwarders = Some(
+                Forwarders::start(&new.forward, &self.store, &self.vpn)
+                    .expect("sinks were built above"),
+            );
+        }
+        if let Ok(json) = serde_json::to_string(&new)
+            && let Err(e) = self.store.record_config(&json)
+        {
+            tracing::warn!(error = %e, "cannot record the configuration in the history");
+        }
         self.config.send_replace(new);
         Ok(())
     }
@@ -108,6 +237,12 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         tracing::warn!("no API token configured: protected endpoints answer 401 to everyone");
     }
     let tokens = Arc::new(RwLock::new(tokens));
+    let store = Store::open(&config.store)
+        .with_context(|| format!("store.data_dir = {:?}", config.store.data_dir))?;
+    if let Ok(json) = serde_json::to_string(&config) {
+        store.record_config(&json)?;
+    }
+
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (status_tx, status_rx) = watch::channel(None);
     let (history_tx, history_rx) = watch::channel(RateHistory::default());
@@ -122,6 +257,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                 capture: status_rx,
                 history: history_rx,
                 tokens: tokens.clone(),
+                store: store.clone(),
             };
             let task = api::serve(listen, state, cancel.clone())
                 .await
@@ -131,15 +267,37 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         Err(_) => None,
     };
 
+    // Until the VPN supervisor exists every sink may send.
+    let (_vpn_tx, vpn) = watch::channel(true);
+    let forwarders = Forwarders::start(&config.forward, &store, &vpn).map_err(|problems| {
+        anyhow::anyhow!(
+            "{}",
+            problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
     let (tx, rx) = mpsc::channel(256);
-    let consumer = tokio::spawn(consume(rx));
+    let consumer = tokio::spawn(ingest(rx, store.clone()));
     let engine = CaptureEngine::start(&config.capture, tx).await?;
     if !config.service.user.is_empty() {
-        let kept = privilege::drop_to_user(&config.service.user)?;
+        let kept = privilege::drop_to_user(&config.service.user, &[store.data_dir()])?;
         tracing::info!(user = %config.service.user, ?kept, "dropped privileges");
     }
-    let mut running = Running { engine, config: config_tx, tokens };
+    let mut running = Running {
+        engine,
+        config: config_tx,
+        tokens,
+        store: store.clone(),
+        forwarders: Some(forwarders),
+        vpn,
+    };
     running.publish_status(&status_tx);
+    let cleanup_every = Duration::from_secs(config.store.cleanup_interval_s);
+    let mut next_cleanup = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut ticks = 0u64;
 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -155,7 +313,11 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                         ConfigError::Invalid(problems) => problems,
                         other => problem("", other),
                     })
-                    .and_then(|new| running.apply(new));
+                ;
+                let result = match result {
+                    Ok(new) => running.apply(new).await,
+                    Err(problems) => Err(problems),
+                };
                 match result {
                     Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
                     Err(problems) => log_refusal("SIGHUP", &problems),
@@ -163,15 +325,39 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
             }
             Some(request) = control_rx.recv() => match request {
                 Control::ApplyConfig { config, reply } => {
-                    let result = running.apply(*config);
+                    let result = running.apply(*config).await;
                     match &result {
                         Ok(()) => tracing::info!("configuration applied from the API"),
                         Err(problems) => log_refusal("API", problems),
                     }
                     let _ = reply.send(result);
                 }
+                Control::Flush { stream, reply } => {
+                    let scheduled = running
+                        .forwarders
+                        .as_ref()
+                        .map(|f| f.flush(stream, &store))
+                        .unwrap_or_default();
+                    tracing::info!(%stream, sinks = scheduled.len(), "flush requested");
+                    let _ = reply.send(scheduled);
+                }
             },
             _ = sample.tick() => {
+                ticks += 1;
+                if tokio::time::Instant::now() >= next_cleanup {
+                    next_cleanup = tokio::time::Instant::now() + cleanup_every;
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || match store.cleanup(SystemTime::now()) {
+                        Ok(evicted) if evicted.segments > 0 => {
+                            tracing::info!(?evicted, "retention evicted segments");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "retention failed"),
+                    });
+                } else if ticks.is_multiple_of(10) {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.sample_metrics());
+                }
                 running.engine.sample_metrics();
                 running.publish_status(&status_tx);
                 history_tx.send_modify(|h| {
@@ -184,6 +370,9 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     running.engine.sample_metrics();
     running.engine.shutdown().await;
     consumer.await?;
+    if let Some(forwarders) = running.forwarders.take() {
+        forwarders.stop().await;
+    }
     cancel.cancel();
     if let Some(task) = api_task {
         task.await??;

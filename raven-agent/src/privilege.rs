@@ -21,7 +21,7 @@
 //! | CAP_NET_BIND_SERVICE | UDP ports below 1024 (514, 162) | start and running (ports change live) |
 //! | CAP_NET_RAW | ICMP probes and diagnostics | running |
 
-use std::{ffi::CString, fmt};
+use std::{ffi::CString, fmt, path::Path};
 
 use caps::{CapSet, Capability};
 
@@ -106,7 +106,7 @@ fn os_step(step: &'static str, rc: libc::c_int) -> Result<(), PrivilegeError> {
 
 /// Becomes `user` (and its primary group), keeping [`KEPT_WHILE_RUNNING`]
 /// where the process had them. Returns the capabilities kept.
-pub fn drop_to_user(user: &str) -> Result<Vec<Capability>, PrivilegeError> {
+pub fn drop_to_user(user: &str, owned: &[&Path]) -> Result<Vec<Capability>, PrivilegeError> {
     let name = CString::new(user).map_err(|_| PrivilegeError::UnknownUser(user.to_string()))?;
     // SAFETY: getpwnam returns a pointer to static storage or null; we copy
     // the two ids out at once, before any other call could overwrite it.
@@ -117,6 +117,11 @@ pub fn drop_to_user(user: &str) -> Result<Vec<Capability>, PrivilegeError> {
         }
         ((*entry).pw_uid, (*entry).pw_gid)
     };
+    // The store keeps writing after the drop: its tree must be the user's.
+    for root in owned {
+        chown_tree(root, uid, gid)
+            .map_err(|e| PrivilegeError::Drop { step: "chown data directory", source: e })?;
+    }
     let had = caps::read(None, CapSet::Permitted)?;
     let keep: Vec<Capability> =
         KEPT_WHILE_RUNNING.into_iter().filter(|c| had.contains(c)).collect();
@@ -136,6 +141,16 @@ pub fn drop_to_user(user: &str) -> Result<Vec<Capability>, PrivilegeError> {
         caps::raise(None, CapSet::Ambient, capability)?;
     }
     Ok(keep)
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if path.is_dir() && !path.is_symlink() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

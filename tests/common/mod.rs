@@ -469,12 +469,18 @@ impl<'a> Agent<'a> {
             copy
         };
         sh(Command::new("chmod").args(["-R", "a+rX"]).arg(dir.path()));
+        // The store's directory: writable whoever the agent runs as.
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        sh(Command::new("chmod").args(["1777"]).arg(dir.path().join("data")));
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.appliance.name]).args(wrapper);
         let mut child = cmd
             .arg(agent)
             .args(["run", "--config"])
             .arg(&path)
+            // Each agent its own store (tests run in parallel).
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

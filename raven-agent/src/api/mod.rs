@@ -14,6 +14,7 @@
 //!   refused with every key and reason and the running one stays.
 
 pub mod auth;
+mod buffer;
 mod routes;
 pub mod status;
 
@@ -42,7 +43,11 @@ use crate::{
 pub enum Control {
     /// Apply a validated configuration; the reply says whether it took.
     ApplyConfig { config: Box<Config>, reply: oneshot::Sender<Result<(), Vec<Problem>>> },
+    /// Let every sink taking `stream` send its backlog now.
+    Flush { stream: crate::record::Stream, reply: oneshot::Sender<Vec<buffer::SinkBacklog>> },
 }
+
+pub use buffer::SinkBacklog;
 
 /// What capture looks like now; published by the pipeline every second.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -60,6 +65,7 @@ pub struct ApiState {
     pub capture: watch::Receiver<Option<CaptureStatus>>,
     pub history: watch::Receiver<status::RateHistory>,
     pub tokens: Arc<RwLock<auth::Tokens>>,
+    pub store: crate::store::Store,
 }
 
 /// An error answer: status plus a JSON body `{"error": ..., "problems": [...]}`.
@@ -106,7 +112,10 @@ impl utoipa::Modify for BearerAuth {
 
 /// The router and its OpenAPI document, built together.
 pub fn router_and_doc() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(routes::routes()).split_for_parts()
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::routes())
+        .merge(buffer::routes())
+        .split_for_parts()
 }
 
 /// The OpenAPI document as committed in `docs/openapi.json`.

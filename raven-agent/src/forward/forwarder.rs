@@ -45,6 +45,46 @@ pub trait Backlog: Send + Sync + 'static {
     fn subscribe(&self) -> watch::Receiver<u64>;
 }
 
+/// The store as the forwarder sees it: records become [`Outgoing`] with
+/// their stable ids.
+pub struct StoreBacklog {
+    pub store: crate::store::Store,
+    pub appliance: String,
+}
+
+impl Backlog for StoreBacklog {
+    fn read(&self, stream: Stream, from_seq: u64, max: usize) -> Result<Vec<Outgoing>, String> {
+        let records = self.store.read(stream, from_seq, max).map_err(|e| e.to_string())?;
+        Ok(records
+            .into_iter()
+            .map(|stored| Outgoing {
+                id: super::RecordId { appliance: self.appliance.clone(), stream, seq: stored.seq },
+                captured_at: stored.record.captured_at,
+                src: stored.record.src,
+                dst_port: stored.record.dst_port,
+                payload: stored.record.payload,
+                decoded: stored.decoded,
+            })
+            .collect())
+    }
+
+    fn cursor(&self, sink: &str, stream: Stream) -> Result<Option<u64>, String> {
+        self.store.cursor(sink, stream).map_err(|e| e.to_string())
+    }
+
+    fn set_cursor(&self, sink: &str, stream: Stream, seq: u64) -> Result<(), String> {
+        self.store.set_cursor(sink, stream, seq).map_err(|e| e.to_string())
+    }
+
+    fn durable_seq(&self, stream: Stream) -> Option<u64> {
+        self.store.durable_seq(stream)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.store.subscribe()
+    }
+}
+
 /// Handles to a running sink task.
 #[derive(Clone)]
 pub struct SinkControl {
@@ -92,7 +132,9 @@ pub async fn run(
                     continue;
                 }
             };
-            let batch = match backlog.read(stream, from, BATCH) {
+            // Reading decompresses blocks from disk: keep it off the
+            // runtime's other tasks.
+            let batch = match tokio::task::block_in_place(|| backlog.read(stream, from, BATCH)) {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(sink = %name, %stream, from, error = %e,

@@ -699,6 +699,17 @@ impl Store {
         Ok(total)
     }
 
+    /// Publishes sizes per stream and the disk's free space as metrics.
+    pub fn sample_metrics(&self) {
+        let (disk_total, disk_free) = disk_space(&self.inner.dir);
+        match self.segments(None) {
+            Ok(segments) => {
+                metrics::emit(metrics::StoreSampled { disk_total, disk_free, segments: &segments })
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the store index"),
+        }
+    }
+
     /// Sealed segments, oldest (by last record) first.
     fn evictable(&self) -> Result<Vec<SegmentRow>, StoreError> {
         let mut rows: Vec<SegmentRow> =

@@ -1,0 +1,179 @@
+//! The store's endpoints: buffer status and per-stream stats, segments,
+//! retention on demand, and flushing a stream's backlog to the sinks.
+//!
+//! Invariants: reads go to the store on a blocking thread (they touch the
+//! index and the disk), never on the runtime's workers; mutations go
+//! through the pipeline ([`Control`]), which owns the forwarders.
+
+use std::time::{Duration, SystemTime};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiError, ApiState, Control};
+use crate::{
+    record::Stream,
+    store::{Evicted, StoreStatus, index::SegmentRow},
+};
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+fn stream_or_404(name: &str) -> Result<Stream, ApiError> {
+    name.parse().map_err(|e: crate::record::UnknownStream| {
+        ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(unavailable)?.map_err(unavailable)
+}
+
+/// Per stream: records, bytes, fill against its quota, oldest and newest
+/// record; the disk; and whether the store is ok or degraded (with why).
+#[utoipa::path(
+    get,
+    path = "/api/buffer/status",
+    responses((status = 200, body = StoreStatus), (status = 401, body = Object))
+)]
+async fn buffer_status(State(state): State<ApiState>) -> Result<Json<StoreStatus>, ApiError> {
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.status()).await?))
+}
+
+/// One stream: its buffer status, segments, and the exporters sending it.
+#[utoipa::path(
+    get,
+    path = "/api/buffer/stats/{stream}",
+    params(("stream" = String, Path, description = "syslog, netflow, ipfix, sflow or snmp")),
+    responses((status = 200, body = Object), (status = 401, body = Object), (status = 404, body = Object))
+)]
+async fn buffer_stats(
+    State(state): State<ApiState>,
+    Path(stream): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stream = stream_or_404(&stream)?;
+    let store = state.store.clone();
+    let (status, segments) =
+        blocking(move || Ok((store.status()?, store.segments(Some(stream))?))).await?;
+    let this = status.streams.into_iter().find(|s| s.stream == stream.name());
+    let exporters: Vec<_> = state
+        .capture
+        .borrow()
+        .as_ref()
+        .map(|c| c.exporters.iter().filter(|e| e.stream == stream).cloned().collect())
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "stream": this,
+        "segments": segments.len(),
+        "exporters": exporters,
+        "state": status.state,
+        "reasons": status.reasons,
+    })))
+}
+
+#[derive(Deserialize, IntoParams)]
+struct SegmentQuery {
+    /// Only this stream.
+    stream: Option<String>,
+    /// RFC 3339: segments whose records end at or after this.
+    from: Option<String>,
+    /// RFC 3339: segments whose records start at or before this.
+    to: Option<String>,
+}
+
+fn parse_time(key: &str, text: &str) -> Result<u64, ApiError> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{key}: {e}")))?;
+    Ok(t.unix_timestamp_nanos().max(0) as u64)
+}
+
+/// Segments of the store, oldest first, optionally by stream and time.
+#[utoipa::path(
+    get,
+    path = "/api/segments",
+    params(SegmentQuery),
+    responses((status = 200, body = Vec<SegmentRow>), (status = 400, body = Object), (status = 401, body = Object), (status = 404, body = Object))
+)]
+async fn segments(
+    State(state): State<ApiState>,
+    Query(query): Query<SegmentQuery>,
+) -> Result<Json<Vec<SegmentRow>>, ApiError> {
+    let stream = query.stream.as_deref().map(stream_or_404).transpose()?;
+    let from = query.from.as_deref().map(|t| parse_time("from", t)).transpose()?.unwrap_or(0);
+    let to = query.to.as_deref().map(|t| parse_time("to", t)).transpose()?.unwrap_or(u64::MAX);
+    let store = state.store.clone();
+    let rows = blocking(move || store.segments(stream)).await?;
+    Ok(Json(
+        rows.into_iter()
+            .filter(|r| r.last_ts.is_none_or(|t| t >= from) && r.first_ts.is_none_or(|t| t <= to))
+            .collect(),
+    ))
+}
+
+/// Runs retention now; returns what it evicted.
+#[utoipa::path(
+    post,
+    path = "/api/buffer/cleanup",
+    responses((status = 200, body = Evicted), (status = 401, body = Object), (status = 503, body = Object))
+)]
+async fn cleanup(State(state): State<ApiState>) -> Result<Json<Evicted>, ApiError> {
+    let store = state.store.clone();
+    Ok(Json(blocking(move || store.cleanup(SystemTime::now())).await?))
+}
+
+/// What a flush scheduled, per sink taking the stream.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FlushScheduled {
+    pub stream: String,
+    pub sinks: Vec<SinkBacklog>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SinkBacklog {
+    pub sink: String,
+    /// Records after the sink's cursor, to be sent now.
+    pub backlog_records: u64,
+}
+
+/// Forwards the stream's backlog now: every sink taking the stream tries
+/// at once, skipping its backoff wait once.
+#[utoipa::path(
+    post,
+    path = "/api/buffer/flush/{stream}",
+    params(("stream" = String, Path, description = "syslog, netflow, ipfix, sflow or snmp")),
+    responses((status = 200, body = FlushScheduled), (status = 401, body = Object), (status = 404, body = Object), (status = 503, body = Object))
+)]
+async fn flush(
+    State(state): State<ApiState>,
+    Path(stream): Path<String>,
+) -> Result<Json<FlushScheduled>, ApiError> {
+    let stream = stream_or_404(&stream)?;
+    let (reply, answer) = oneshot::channel();
+    state.control.send(Control::Flush { stream, reply }).await.map_err(unavailable)?;
+    let sinks = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    Ok(Json(FlushScheduled { stream: stream.name().to_string(), sinks }))
+}
+
+pub fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(buffer_status))
+        .routes(routes!(buffer_stats))
+        .routes(routes!(segments))
+        .routes(routes!(cleanup))
+        .routes(routes!(flush))
+}
