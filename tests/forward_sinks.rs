@@ -11,7 +11,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::Read,
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering},
@@ -20,48 +20,16 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Netns, ip, sh, unique};
+use common::{
+    Netns,
+    noc::{APPLIANCE, Link, NOC, Process, rsyslog_with, wait_until},
+    sh,
+};
 use raven_agent::{
     config::{ForwardConfig, SinkConfig, SinkProtocol, SyslogFraming},
     forward::{LinkState, ManagedSink, Outgoing, RecordId},
     record::Stream,
 };
-
-const APPLIANCE: &str = "192.0.2.1";
-const NOC: &str = "192.0.2.2";
-
-/// Appliance and NOC namespaces joined by a veth pair.
-struct Link {
-    appliance: Netns,
-    noc: Netns,
-}
-
-impl Link {
-    fn new() -> Link {
-        let appliance = Netns::new("rfa");
-        let noc = Netns::new("rfn");
-        let (a_if, n_if) = (unique("fa"), unique("fn"));
-        ip(&[
-            "link",
-            "add",
-            &a_if,
-            "netns",
-            &appliance.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &n_if,
-            "netns",
-            &noc.name,
-        ]);
-        for (ns, ifname, addr) in [(&appliance, &a_if, APPLIANCE), (&noc, &n_if, NOC)] {
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", ifname]);
-            ns.ip(&["link", "set", ifname, "up"]);
-        }
-        Link { appliance, noc }
-    }
-}
 
 /// Runs `future` on a current-thread runtime on a thread inside `ns`, so
 /// every socket it makes lives there.
@@ -69,61 +37,6 @@ fn block_on_in<T: Send>(ns: &Netns, future: impl std::future::Future<Output = T>
     ns.enter(|| {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
     })
-}
-
-/// A child process killed (and reaped) on drop.
-struct Process {
-    child: Child,
-    what: String,
-}
-
-impl Process {
-    fn spawn(mut cmd: Command, what: &str, log: &Path) -> Process {
-        let log = std::fs::File::create(log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-        Process { child, what: what.to_string() }
-    }
-
-    /// SIGTERM and wait (bounded) for the exit.
-    fn terminate(self) {
-        self.stop(libc::SIGTERM);
-    }
-
-    /// `signal` and wait (bounded) for the exit.
-    fn stop(mut self, signal: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "{} did not exit on SIGTERM", self.what);
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn tcp_listening(ns: &Netns, addr: &str) -> bool {
-    let addr: SocketAddr = addr.parse().unwrap();
-    ns.enter(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
 }
 
 fn forward_config() -> ForwardConfig {
@@ -199,42 +112,6 @@ fn metric(name: &str) -> f64 {
 
 fn rsyslog(noc: &Netns, dir: &Path, port: u16) -> Process {
     rsyslog_with(noc, dir, port, "module(load=\"imtcp\")\n")
-}
-
-/// rsyslogd with `input_module` (the imtcp module line, with its TLS
-/// settings when wanted), writing each raw message as a line.
-fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Process {
-    let udp = input_module.contains("imudp");
-    let conf = dir.join("rsyslog.conf");
-    let work = dir.join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(
-        &conf,
-        format!(
-            "global(workDirectory=\"{work}\")\n\
-             {input_module}\
-             input(type=\"{input}\" port=\"{port}\" address=\"{NOC}\")\n\
-             template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
-             action(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
-            work = work.display(),
-            out = dir.join("received.log").display(),
-            input = if udp { "imudp" } else { "imtcp" },
-        ),
-    )
-    .unwrap();
-    let mut cmd = noc.command("rsyslogd");
-    cmd.arg("-n").arg("-f").arg(&conf).arg("-i").arg(dir.join("rsyslogd.pid"));
-    let process =
-        Process::spawn(cmd, "rsyslogd", &dir.join(format!("rsyslogd-{}.log", unique("r"))));
-    wait_until("rsyslogd to listen", Duration::from_secs(15), || {
-        if udp {
-            let out = noc.run("ss", &["-ulnH"]);
-            String::from_utf8_lossy(&out.stdout).contains(&format!("{NOC}:{port}"))
-        } else {
-            tcp_listening(noc, &format!("{NOC}:{port}"))
-        }
-    });
-    process
 }
 
 /// seq → how many times it is in rsyslog's file.

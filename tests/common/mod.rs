@@ -11,6 +11,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod frame;
+pub mod noc;
 
 use std::{
     collections::BTreeMap,
@@ -435,6 +436,8 @@ pub struct Agent<'a> {
     child: Child,
     pub dir: tempfile::TempDir,
     stderr: std::sync::Arc<Mutex<Vec<String>>>,
+    agent: std::path::PathBuf,
+    wrapper: Vec<String>,
 }
 
 impl<'a> Agent<'a> {
@@ -472,21 +475,33 @@ impl<'a> Agent<'a> {
         // The store's directory: writable whoever the agent runs as.
         std::fs::create_dir(dir.path().join("data")).unwrap();
         sh(Command::new("chmod").args(["1777"]).arg(dir.path().join("data")));
+        let wrapper: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
+        let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let child = Agent::launch(lab, &agent, &wrapper, dir.path(), &stderr);
+        Agent { lab, child, dir, stderr, agent, wrapper }
+    }
+
+    fn launch(
+        lab: &Lab,
+        agent: &Path,
+        wrapper: &[String],
+        dir: &Path,
+        stderr: &std::sync::Arc<Mutex<Vec<String>>>,
+    ) -> Child {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.appliance.name]).args(wrapper);
         let mut child = cmd
             .arg(agent)
             .args(["run", "--config"])
-            .arg(&path)
+            .arg(dir.join("raven.toml"))
             // Each agent its own store (tests run in parallel).
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(dir.join("data"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn raven-agent run");
-        let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
         let lines = stderr.clone();
         let pipe = child.stderr.take().unwrap();
         thread::spawn(move || {
@@ -495,7 +510,16 @@ impl<'a> Agent<'a> {
                 lines.lock().unwrap().push(line);
             }
         });
-        Agent { lab, child, dir, stderr }
+        child
+    }
+
+    /// SIGKILL, then start again with the same configuration and store.
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.stderr.lock().unwrap().push("--- restarted ---".into());
+        self.child =
+            Agent::launch(self.lab, &self.agent, &self.wrapper, self.dir.path(), &self.stderr);
     }
 
     pub fn stderr(&self) -> String {
