@@ -84,6 +84,11 @@ pub struct Index {
 }
 
 fn db_error(e: rusqlite::Error) -> StoreError {
+    // SQLite's "database or disk is full" is the store's disk-full case:
+    // the caller evicts and retries, as for a segment write.
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return StoreError::Io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    }
     StoreError::Index(e.to_string())
 }
 
@@ -92,7 +97,8 @@ impl Index {
     pub fn open(path: &Path) -> Result<Index, StoreError> {
         let db = Connection::open(path).map_err(db_error)?;
         db.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA journal_size_limit = 4194304; PRAGMA wal_autocheckpoint = 256;",
         )
         .map_err(db_error)?;
         let check: String =
@@ -127,6 +133,12 @@ impl Index {
             tx.commit().map_err(db_error)?;
         }
         Ok(())
+    }
+
+    /// Moves the WAL into the database and truncates it: on a full disk
+    /// the WAL is often what holds the space.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").map_err(db_error)
     }
 
     pub fn segments(&self, stream: Option<Stream>) -> Result<Vec<SegmentRow>, StoreError> {

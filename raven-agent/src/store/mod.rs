@@ -41,6 +41,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use std::os::unix::fs::FileExt;
+
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -137,7 +139,24 @@ struct State {
     blocks: HashMap<i64, Vec<BlockMeta>>,
     /// Why the store is degraded right now (disk full, write errors).
     degraded: BTreeMap<&'static str, String>,
+    /// Durable blocks the index has not recorded yet (oldest first).
+    pending: Vec<PendingBlock>,
 }
+
+struct PendingBlock {
+    segment: i64,
+    last_seq: u64,
+    records: u64,
+    raw_bytes: u64,
+    stored_bytes: u64,
+    first_ts: u64,
+    last_ts: u64,
+    exporters: Vec<(IpAddr, u64, u64, u64)>,
+}
+
+/// A file of [`RESERVE_BYTES`] given back when the disk is full.
+const RESERVE: &str = "reserve";
+const RESERVE_BYTES: u64 = 256 << 10;
 
 struct Inner {
     dir: PathBuf,
@@ -220,11 +239,13 @@ impl Store {
                     next_seq: BTreeMap::new(),
                     blocks: HashMap::new(),
                     degraded: BTreeMap::new(),
+                    pending: Vec::new(),
                 }),
                 durable,
             }),
         };
         store.reconcile()?;
+        store.ensure_reserve();
         Ok(store)
     }
 
@@ -411,29 +432,72 @@ impl Store {
             return Ok(Appended { first_seq: next, last_seq: next.wrapping_sub(1) });
         }
         let config = self.config();
-        let result = self.try_append(stream, &records, &config);
-        match result {
-            Err(StoreError::Io(e)) if is_disk_full(&e) => {
-                tracing::warn!(%stream, records = records.len(), reason = "disk_full",
-                    "disk full: evicting the oldest segments and retrying");
-                let evicted = self.evict_oldest_for_space()?;
-                if evicted.segments == 0 {
-                    self.state()
-                        .degraded
-                        .insert("disk_full", "disk full and nothing to evict".into());
-                    return Err(StoreError::DiskFull);
+        // A full disk: give back the reserve (so the index can record the
+        // evictions), evict the oldest sealed segment, try again.
+        for _ in 0..16 {
+            match self.try_append(stream, &records, &config) {
+                Err(StoreError::Io(e)) if is_disk_full(&e) => {
+                    tracing::warn!(%stream, records = records.len(), reason = "disk_full",
+                        "disk full: evicting the oldest segment and retrying");
+                    let _ = fs::remove_file(self.inner.dir.join(RESERVE));
+                    if let Err(e) = self.state().index.checkpoint() {
+                        tracing::warn!(error = %e, "index checkpoint failed");
+                    }
+                    let evicted = self.evict_oldest_for_space()?;
+                    if evicted.segments == 0 {
+                        self.state()
+                            .degraded
+                            .insert("disk_full", "disk full and nothing left to evict".into());
+                        return Err(StoreError::DiskFull);
+                    }
                 }
-                let retried = self.try_append(stream, &records, &config);
-                if let Err(StoreError::Io(e)) = &retried
-                    && is_disk_full(e)
-                {
-                    self.state().degraded.insert("disk_full", "disk full after eviction".into());
-                    return Err(StoreError::DiskFull);
+                Ok(appended) => {
+                    self.ensure_reserve();
+                    return Ok(appended);
                 }
-                retried
+                other => return other,
             }
-            other => other,
         }
+        self.state().degraded.insert("disk_full", "disk full after evicting".into());
+        Err(StoreError::DiskFull)
+    }
+
+    /// Keeps [`RESERVE_BYTES`] set aside so that, on a full disk, the index
+    /// still has room to record evictions.
+    fn ensure_reserve(&self) {
+        let path = self.inner.dir.join(RESERVE);
+        if path.exists() {
+            return;
+        }
+        let made = File::create(&path).and_then(|f| {
+            f.set_len(0)?;
+            let zeros = vec![0u8; RESERVE_BYTES as usize];
+            (&f).write_all(&zeros)?;
+            f.sync_all()
+        });
+        if made.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
+    /// Index updates that failed after their block was durable, retried in
+    /// order before anything else touches the index.
+    fn catch_up_index(state: &mut State) -> Result<(), StoreError> {
+        while let Some(pending) = state.pending.first() {
+            state.index.record_block(
+                pending.segment,
+                pending.last_seq,
+                pending.records,
+                pending.raw_bytes,
+                pending.stored_bytes,
+                pending.first_ts,
+                pending.last_ts,
+                &pending.exporters,
+            )?;
+            state.pending.remove(0);
+        }
+        state.degraded.remove("index_behind");
+        Ok(())
     }
 
     fn try_append(
@@ -443,6 +507,9 @@ impl Store {
         config: &StoreConfig,
     ) -> Result<Appended, StoreError> {
         let mut state = self.state();
+        if !state.pending.is_empty() {
+            Self::catch_up_index(&mut state)?;
+        }
         let now = SystemTime::now();
         let first_seq = state.next_seq.get(&stream).copied().unwrap_or(0);
         let (block, raw_len) = segment::encode_block(first_seq, records, config.compression_level)
@@ -465,7 +532,10 @@ impl Store {
         }
         let open = state.open.get_mut(&stream).expect("an open segment");
         let offset = open.len;
-        let written = open.file.write_all(&block).and_then(|()| open.file.sync_data());
+        // Positional write: after a failed (short) write the file is cut
+        // back to `offset`, and the retry must land there, not at wherever
+        // a cursor was left.
+        let written = open.file.write_all_at(&block, offset).and_then(|()| open.file.sync_data());
         if let Err(e) = written {
             // Leave the file as it was: a partial block must not precede the
             // retry's block.
@@ -480,16 +550,25 @@ impl Store {
         let last_seq = first_seq + records.len() as u64 - 1;
         let mut summary = Summary::default();
         summary.add(records.iter().map(|r| &r.record));
-        state.index.record_block(
-            id,
+        // The block is durable: the append stands even if the index cannot
+        // record it now (a full disk); the update waits in `pending`, is
+        // retried first thing on the next write, and start-up reconcile
+        // rescans the segment anyway.
+        state.pending.push(PendingBlock {
+            segment: id,
             last_seq,
-            records.len() as u64,
-            summary.raw_bytes,
-            len,
-            summary.first_ts.unwrap_or(0),
-            summary.last_ts.unwrap_or(0),
-            &summary.exporters,
-        )?;
+            records: records.len() as u64,
+            raw_bytes: summary.raw_bytes,
+            stored_bytes: len,
+            first_ts: summary.first_ts.unwrap_or(0),
+            last_ts: summary.last_ts.unwrap_or(0),
+            exporters: summary.exporters,
+        });
+        if let Err(e) = Self::catch_up_index(&mut state) {
+            tracing::warn!(%stream, error = %e, reason = "index_behind",
+                "the index could not record a durable block yet; will retry");
+            state.degraded.insert("index_behind", e.to_string());
+        }
         state.blocks.entry(id).or_default().push(BlockMeta {
             offset,
             len: (block.len() as u64 - segment::BLOCK_HEADER_LEN) as u32,
@@ -740,15 +819,28 @@ impl Store {
             0
         };
         // Row first, file second: the index never points at a missing file.
-        state.index.delete_segment(row.id)?;
+        let path = self.inner.dir.join(&row.path);
+        let remove_file = || match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::error!(segment = %row.path, error = %e,
+                    "cannot delete an evicted segment");
+            }
+            _ => {}
+        };
+        match state.index.delete_segment(row.id) {
+            Ok(()) => remove_file(),
+            Err(StoreError::Io(e)) if is_disk_full(&e) => {
+                // The index has no room to record the eviction: free the
+                // file's space first. Readers cannot see the gap (they take
+                // the same lock); a crash here leaves a row without a file,
+                // which start-up reconcile drops.
+                remove_file();
+                state.index.delete_segment(row.id)?;
+            }
+            Err(e) => return Err(e),
+        }
         state.blocks.remove(&row.id);
         drop(state);
-        let path = self.inner.dir.join(&row.path);
-        if let Err(e) = fs::remove_file(&path)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::error!(segment = %row.path, error = %e, "cannot delete an evicted segment");
-        }
         total.segments += 1;
         total.records += row.records;
         total.bytes += row.stored_bytes;
