@@ -146,3 +146,64 @@ fn endpoints_auth_validation_and_live_apply() {
     assert_eq!(json(&body)["exporters"][0]["packets"], 1, "{body}");
     assert!(agent.stop().success());
 }
+
+#[test]
+fn buffer_endpoints_report_the_store_and_schedule_work() {
+    let lab = Lab::new();
+    // A sink nobody listens on: the backlog stays.
+    let config = format!(
+        "{}[[forward.sinks]]\nname = \"noc\"\nprotocol = \"syslog_tcp\"\n\
+         endpoint = \"198.18.0.2:10514\"\n",
+        config(&lab)
+    );
+    let agent = Agent::with_files(&lab, &config, &[("tokens", NEW)], &[]);
+    agent.wait_until_attached();
+    let sender = lab.sender(false);
+    for i in 0..10 {
+        sender.send_to(format!("<14>stored {i}").as_bytes(), (APPLIANCE_V4, 514)).unwrap();
+    }
+    agent.wait_for_metric("raven_store_appended_records_total{stream=\"syslog\"}", 10.0);
+
+    let (status, body) = agent.http("GET", "/api/buffer/status", Some(NEW), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let status_json = json(&body);
+    let syslog = status_json["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "syslog")
+        .unwrap()
+        .clone();
+    assert_eq!(syslog["records"], 10, "{body}");
+    assert!(syslog["oldest"].is_string() && syslog["fill_ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(status_json["state"], "ok", "{body}");
+
+    let (status, body) = agent.http("GET", "/api/buffer/stats/syslog", Some(NEW), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["stream"]["records"], 10);
+    let (status, body) = agent.http("GET", "/api/buffer/stats/gopher", Some(NEW), None).unwrap();
+    assert_eq!(status, 404);
+    assert!(json(&body)["error"].as_str().unwrap().contains("gopher"), "{body}");
+
+    let (status, body) = agent.http("GET", "/api/segments?stream=syslog", Some(NEW), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let records: u64 =
+        json(&body).as_array().unwrap().iter().map(|s| s["records"].as_u64().unwrap()).sum();
+    assert_eq!(records, 10);
+    let (status, _) = agent.http("GET", "/api/segments?from=yesterday", Some(NEW), None).unwrap();
+    assert_eq!(status, 400);
+
+    let (status, _) = agent.http("POST", "/api/buffer/cleanup", None, None).unwrap();
+    assert_eq!(status, 401, "mutations need a token");
+    let (status, body) = agent.http("POST", "/api/buffer/cleanup", Some(NEW), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["segments"], 0, "nothing is old enough: {body}");
+
+    let (status, body) = agent.http("POST", "/api/buffer/flush/syslog", Some(NEW), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["sinks"][0]["sink"], "noc", "{body}");
+    assert_eq!(json(&body)["sinks"][0]["backlog_records"], 10, "{body}");
+    let (status, _) = agent.http("POST", "/api/buffer/flush/gopher", Some(NEW), None).unwrap();
+    assert_eq!(status, 404);
+    assert!(agent.stop().success());
+}
