@@ -380,6 +380,8 @@ struct StoreMetrics {
     bytes: IntGaugeVec,
     records: IntGaugeVec,
     oldest: prometheus::GaugeVec,
+    fill: prometheus::GaugeVec,
+    retention: prometheus::IntGauge,
     disk_free: prometheus::IntGauge,
     disk_total: prometheus::IntGauge,
 }
@@ -414,7 +416,21 @@ impl StoreMetrics {
         )
         .expect("valid metric");
         r.register(Box::new(oldest.clone())).expect("metric registered once");
+        let fill = prometheus::GaugeVec::new(
+            Opts::new(
+                "raven_store_fill_ratio",
+                "Bytes of a stream against its quota (stream quota, else total quota, else the disk less min_free)",
+            ),
+            &["stream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(fill.clone())).expect("metric registered once");
         StoreMetrics {
+            fill,
+            retention: int_gauge(
+                "raven_store_retention_seconds",
+                "store.max_age_days in seconds: records older than this should be gone",
+            ),
             appended_records: counter(
                 r,
                 "raven_store_appended_records_total",
@@ -572,6 +588,9 @@ pub struct StoreSampled<'a> {
     pub disk_total: u64,
     pub disk_free: u64,
     pub segments: &'a [crate::store::index::SegmentRow],
+    /// (stream, fill ratio)
+    pub fill: &'a [(Stream, f64)],
+    pub retention_seconds: u64,
 }
 
 impl InternalEvent for StoreSampled<'_> {
@@ -579,6 +598,10 @@ impl InternalEvent for StoreSampled<'_> {
         let m = &metrics().store;
         m.disk_total.set(self.disk_total as i64);
         m.disk_free.set(self.disk_free as i64);
+        m.retention.set(self.retention_seconds as i64);
+        for (stream, ratio) in self.fill {
+            m.fill.with_label_values(&[stream.name()]).set(*ratio);
+        }
         for stream in Stream::ALL {
             let rows = self.segments.iter().filter(|r| r.stream == stream);
             let (bytes, records, oldest) = rows.fold((0, 0, None::<u64>), |(b, n, o), r| {

@@ -769,23 +769,30 @@ impl Store {
             }
             self.evict(&row, "min_free", &mut total)?;
         }
-        let (disk_total, free) = disk_space(&self.inner.dir);
-        metrics::emit(metrics::StoreSampled {
-            disk_total,
-            disk_free: free,
-            segments: &self.segments(None)?,
-        });
+        self.sample_metrics();
         Ok(total)
     }
 
-    /// Publishes sizes per stream and the disk's free space as metrics.
+    /// Publishes sizes per stream, fill ratios and the disk's free space.
     pub fn sample_metrics(&self) {
         let (disk_total, disk_free) = disk_space(&self.inner.dir);
-        match self.segments(None) {
-            Ok(segments) => {
-                metrics::emit(metrics::StoreSampled { disk_total, disk_free, segments: &segments })
+        let config = self.config();
+        match (self.segments(None), self.status()) {
+            (Ok(segments), Ok(status)) => {
+                let fill: Vec<(Stream, f64)> = status
+                    .streams
+                    .iter()
+                    .filter_map(|s| Some((s.stream.parse().ok()?, s.fill_ratio)))
+                    .collect();
+                metrics::emit(metrics::StoreSampled {
+                    disk_total,
+                    disk_free,
+                    segments: &segments,
+                    fill: &fill,
+                    retention_seconds: config.max_age_days * 86_400,
+                })
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the store index"),
+            (Err(e), _) | (_, Err(e)) => tracing::error!(error = %e, "cannot read the store index"),
         }
     }
 
