@@ -23,9 +23,24 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub api: ApiConfig,
     pub service: ServiceConfig,
+    pub decode: DecodeConfig,
     pub store: StoreConfig,
     // --- forward (issue 5) ---
     pub forward: ForwardConfig,
+}
+
+/// `[decode]`: how records are read into fields.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// Zone of syslog timestamps that carry none (RFC 3164): `UTC` or `±HH:MM`.
+    pub syslog_timezone: String,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig { syslog_timezone: "UTC".to_string() }
+    }
 }
 
 /// `[store]`: the ring buffer on local disk.
@@ -371,6 +386,9 @@ impl Config {
         }
         if self.service.user.contains(['/', ':', ' ', '\0']) {
             problem("service.user".into(), "not a valid user name");
+        }
+        if crate::decode::syslog::parse_offset(&self.decode.syslog_timezone).is_none() {
+            problem("decode.syslog_timezone".into(), "must be UTC or an offset like +01:00");
         }
         for (key, reason) in self.store.problems() {
             problem(key, reason);

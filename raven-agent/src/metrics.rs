@@ -10,7 +10,7 @@
 //! - Names follow Prometheus conventions: `raven_` prefix, unit in the name,
 //!   `_total` for counters. Every drop has a `reason` label.
 
-use std::sync::LazyLock;
+use std::{collections::BTreeMap, sync::LazyLock};
 
 use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -31,6 +31,8 @@ pub struct Metrics {
     exporter_bytes: IntCounterVec,
     exporter_ring_full: IntCounterVec,
     xdp_attached: IntGaugeVec,
+    decode_records: IntCounterVec,
+    decode_errors: IntCounterVec,
     store: StoreMetrics,
     // --- forward (issue 5) ---
     forward: ForwardMetrics,
@@ -125,6 +127,18 @@ impl Metrics {
                 &["exporter", "stream"],
             ),
             xdp_attached,
+            decode_records: counter(
+                &r,
+                "raven_decode_records_total",
+                "Records through the decoders, by outcome (decoded, parse_error, raw_only)",
+                &["stream", "outcome"],
+            ),
+            decode_errors: counter(
+                &r,
+                "raven_decode_parse_errors_total",
+                "Records kept raw because they did not fully parse, by reason",
+                &["stream", "reason"],
+            ),
             store: StoreMetrics::new(&r),
             forward: ForwardMetrics::new(&r),
             registry: r,
@@ -363,6 +377,46 @@ pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
         }
     }
     out
+}
+
+// --- decode ---
+
+/// Outcomes of decoding one batch.
+#[derive(Default)]
+pub struct DecodedBatch {
+    /// (stream, outcome) → records
+    outcomes: BTreeMap<(Stream, &'static str), u64>,
+    /// (stream, reason) → records
+    errors: BTreeMap<(Stream, &'static str), u64>,
+}
+
+impl DecodedBatch {
+    /// `None`: no decoder for the stream; `Some(None)`: decoded;
+    /// `Some(Some(reason))`: kept with a parse error.
+    pub fn add(&mut self, stream: Stream, outcome: Option<Option<&'static str>>) {
+        let label = match outcome {
+            None => "raw_only",
+            Some(None) => "decoded",
+            Some(Some(reason)) => {
+                *self.errors.entry((stream, reason)).or_default() += 1;
+                "parse_error"
+            }
+        };
+        *self.outcomes.entry((stream, label)).or_default() += 1;
+    }
+}
+
+impl InternalEvent for DecodedBatch {
+    fn emit(self) {
+        let m = metrics();
+        for ((stream, outcome), n) in self.outcomes {
+            m.decode_records.with_label_values(&[stream.name(), outcome]).inc_by(n);
+        }
+        for ((stream, reason), n) in self.errors {
+            tracing::debug!(%stream, reason, records = n, "records kept raw with a parse error");
+            m.decode_errors.with_label_values(&[stream.name(), reason]).inc_by(n);
+        }
+    }
 }
 
 // --- store ---

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, ApiState, CaptureStatus, Control, SinkBacklog, auth::Tokens, status::RateHistory},
-    capture::{CaptureEngine, CaptureError},
+    capture::{CaptureEngine, CaptureError, ReplySockets},
     config::{Config, ConfigError, ForwardConfig, Problem},
+    decode::Decoder,
     forward::{
         ManagedSink,
         forwarder::{self, Backlog, SinkControl, StoreBacklog},
@@ -47,31 +48,65 @@ fn load(path: &Path, overrides: &impl Fn(&mut Config)) -> Result<Config, ConfigE
     Ok(config)
 }
 
-/// The stage after capture: store each batch durably, per stream, in
-/// arrival order. A batch the store cannot take is counted as dropped with
-/// the store's reason, never silently.
-async fn ingest(mut rx: mpsc::Receiver<Batch>, store: Store) {
+/// The stage after capture: decode, store each batch durably per stream
+/// in arrival order, then answer what waits for durability (SNMP informs:
+/// the sender hears back only once its trap cannot be lost). A batch the
+/// store cannot take is counted as dropped with the store's reason.
+async fn ingest(
+    mut rx: mpsc::Receiver<Batch>,
+    store: Store,
+    decoder: Arc<Decoder>,
+    replies: ReplySockets,
+) {
     while let Some(batch) = rx.recv().await {
-        let store = store.clone();
+        let (store, decoder, replies) = (store.clone(), decoder.clone(), replies.clone());
         let stored = tokio::task::spawn_blocking(move || {
+            let decoded = decoder.decode_batch(&batch);
             let mut by_stream: BTreeMap<Stream, Vec<NewRecord>> = BTreeMap::new();
-            for record in batch {
+            let mut waiting: BTreeMap<Stream, Vec<(u16, std::net::SocketAddr, bytes::Bytes)>> =
+                BTreeMap::new();
+            for (record, decoded) in batch.into_iter().zip(decoded) {
+                let (fields, parse_error, reply) = match decoded {
+                    Some(d) => (
+                        serde_json::to_vec(&d.fields).ok().map(bytes::Bytes::from),
+                        d.parse_error.map(|e| format!("{}: {}", e.reason, e.detail)),
+                        d.reply,
+                    ),
+                    None => (None, None, None),
+                };
+                if let Some(reply) = reply {
+                    waiting.entry(record.stream).or_default().push((
+                        record.dst_port,
+                        record.src,
+                        reply,
+                    ));
+                }
                 by_stream.entry(record.stream).or_default().push(NewRecord {
                     record,
-                    decoded: None,
-                    parse_error: None,
+                    decoded: fields,
+                    parse_error,
                 });
             }
             for (stream, records) in by_stream {
                 let count = records.len() as u64;
-                if let Err(e) = store.append(stream, records) {
-                    let reason = match e {
-                        StoreError::DiskFull => "disk_full",
-                        _ => "io",
-                    };
-                    tracing::error!(%stream, records = count, reason, error = %e,
-                        "records could not be stored");
-                    metrics::emit(metrics::StoreDropped { stream, reason, records: count });
+                match store.append(stream, records) {
+                    Ok(_) => {
+                        for (port, to, reply) in waiting.remove(&stream).unwrap_or_default() {
+                            if let Err(e) = replies.send(port, to, &reply) {
+                                tracing::warn!(%stream, exporter = %to, port, error = %e,
+                                    reason = "reply_failed", "cannot answer an inform");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let reason = match e {
+                            StoreError::DiskFull => "disk_full",
+                            _ => "io",
+                        };
+                        tracing::error!(%stream, records = count, reason, error = %e,
+                            "records could not be stored; informs among them stay unanswered");
+                        metrics::emit(metrics::StoreDropped { stream, reason, records: count });
+                    }
                 }
             }
         })
@@ -173,6 +208,7 @@ impl Running {
                 ("api.listen", new.api.listen != current.api.listen),
                 ("service.user", new.service.user != current.service.user),
                 ("store.data_dir", new.store.data_dir != current.store.data_dir),
+                ("decode.syslog_timezone", new.decode != current.decode),
             ]
             .into_iter()
             .filter_map(|(key, changed)| changed.then_some(key)),
@@ -280,8 +316,9 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         )
     })?;
     let (tx, rx) = mpsc::channel(256);
-    let consumer = tokio::spawn(ingest(rx, store.clone()));
     let engine = CaptureEngine::start(&config.capture, tx).await?;
+    let decoder = Arc::new(Decoder::new(&config.decode));
+    let consumer = tokio::spawn(ingest(rx, store.clone(), decoder, engine.replies()));
     if !config.service.user.is_empty() {
         let kept = privilege::drop_to_user(&config.service.user, &[store.data_dir()])?;
         tracing::info!(user = %config.service.user, ?kept, "dropped privileges");

@@ -23,7 +23,7 @@ pub mod socket;
 pub mod tcp;
 pub mod xdp;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -94,9 +94,44 @@ pub struct CaptureEngine {
     tcp_inputs: Vec<JoinHandle<std::io::Result<()>>>,
     tcp_cancel: CancellationToken,
     tx: mpsc::Sender<Batch>,
+    replies: ReplySockets,
+}
+
+/// The listeners' sockets, by port, for answers that must come from the
+/// port the request went to (SNMP inform responses).
+#[derive(Clone, Default)]
+pub struct ReplySockets(Arc<std::sync::RwLock<BTreeMap<u16, Arc<std::net::UdpSocket>>>>);
+
+impl ReplySockets {
+    /// Sends `datagram` to `to` from the listener on `port`.
+    pub fn send(
+        &self,
+        port: u16,
+        to: std::net::SocketAddr,
+        datagram: &[u8],
+    ) -> std::io::Result<()> {
+        let sockets = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let socket = sockets.get(&port).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("no listener on port {port}"))
+        })?;
+        socket.send_to(datagram, to).map(|_| ())
+    }
+
+    fn set(&self, port: u16, socket: Option<Arc<std::net::UdpSocket>>) {
+        let mut sockets = self.0.write().unwrap_or_else(|p| p.into_inner());
+        match socket {
+            Some(socket) => sockets.insert(port, socket),
+            None => sockets.remove(&port),
+        };
+    }
 }
 
 impl CaptureEngine {
+    /// Where answers to captured requests are sent from.
+    pub fn replies(&self) -> ReplySockets {
+        self.replies.clone()
+    }
+
     /// Starts capturing as `config` says, handing batches to `tx`.
     pub async fn start(
         config: &CaptureConfig,
@@ -110,6 +145,7 @@ impl CaptureEngine {
             tcp_inputs: Vec::new(),
             tcp_cancel: CancellationToken::new(),
             tx,
+            replies: ReplySockets::default(),
         };
         if config.mode == CaptureMode::Xdp {
             match engine.start_xdp(config) {
@@ -302,6 +338,12 @@ impl CaptureEngine {
         for (spec, socket) in bound {
             let inode = socket::inode(&socket);
             let drops_counted = drops_now.get(&inode).copied().unwrap_or(0);
+            // A second handle on the same socket, for sending replies.
+            match socket.try_clone() {
+                Ok(sender) => self.replies.set(spec.port, Some(Arc::new(sender))),
+                Err(e) => tracing::warn!(port = spec.port, error = %e,
+                    "no reply socket: SNMP informs on this port will not be answered"),
+            }
             let (spec_tx, spec_rx) = watch::channel(spec);
             let cancel = CancellationToken::new();
             let task = tokio::spawn(socket::run(socket, spec_rx, self.tx.clone(), cancel.clone()));
@@ -314,6 +356,7 @@ impl CaptureEngine {
             if let Some(listener) = self.listeners.remove(&port) {
                 // The listener takes what is queued, then closes.
                 listener.cancel.cancel();
+                self.replies.set(port, None);
             }
         }
         for (port, spec) in &wanted {

@@ -10,7 +10,15 @@
 //!   read from the wire without checking it against the bytes present.
 //!
 //! Format: the fields of each stream are documented in `docs/records.md`
-//! (the JSON schema `raven-agent decode` prints and the store keeps).
+//! (the JSON schema the store keeps and `raven-agent segments cat` prints).
+//!
+//! Operations: [`Decoder::decode_batch`] per captured batch (one metrics
+//! event per batch). Syslog and SNMP are decoded; NetFlow, IPFIX and sFlow
+//! are kept raw for now (`raw_only` in the metrics), which loses nothing:
+//! the bytes are stored and forwarded as received.
+
+pub mod snmp;
+pub mod syslog;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -41,5 +49,38 @@ pub struct ParseError {
 impl ParseError {
     pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         ParseError { reason, detail: detail.into() }
+    }
+}
+
+/// The decoders of every stream, configured once.
+pub struct Decoder {
+    syslog: syslog::SyslogDecoder,
+}
+
+impl Decoder {
+    pub fn new(config: &crate::config::DecodeConfig) -> Decoder {
+        let offset = syslog::parse_offset(&config.syslog_timezone)
+            .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC"));
+        Decoder { syslog: syslog::SyslogDecoder::new(offset) }
+    }
+
+    pub fn decode(&self, record: &crate::record::Record) -> Option<Decoded> {
+        use crate::record::Stream;
+        match record.stream {
+            Stream::Syslog => Some(self.syslog.decode(&record.payload, record.captured_at)),
+            Stream::Snmp => Some(snmp::decode(&record.payload)),
+            Stream::Netflow | Stream::Ipfix | Stream::Sflow => None,
+        }
+    }
+
+    /// Decodes a batch; `None` where the stream has no decoder yet.
+    pub fn decode_batch(&self, batch: &[crate::record::Record]) -> Vec<Option<Decoded>> {
+        let decoded: Vec<Option<Decoded>> = batch.iter().map(|r| self.decode(r)).collect();
+        let mut event = crate::metrics::DecodedBatch::default();
+        for (record, d) in batch.iter().zip(&decoded) {
+            event.add(record.stream, d.as_ref().map(|d| d.parse_error.as_ref().map(|e| e.reason)));
+        }
+        crate::metrics::emit(event);
+        decoded
     }
 }

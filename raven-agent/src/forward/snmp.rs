@@ -22,65 +22,10 @@ use std::net::SocketAddr;
 use tokio::net::UdpSocket;
 
 use super::{Delivered, Outgoing, SinkError, SinkFailure, resolve};
-use crate::config::SinkConfig;
-
-pub const TRAP_V1: u8 = 0xA4;
-pub const INFORM: u8 = 0xA6;
-pub const TRAP_V2: u8 = 0xA7;
-
-/// A BER TLV header at `at`: (tag, content start, content length).
-fn tlv(buf: &[u8], at: usize) -> Option<(u8, usize, usize)> {
-    let tag = *buf.get(at)?;
-    let first = *buf.get(at + 1)?;
-    let (len, start) = if first < 0x80 {
-        (usize::from(first), at + 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None; // indefinite or absurd length: not valid SNMP BER
-        }
-        let bytes = buf.get(at + 2..at + 2 + n)?;
-        (bytes.iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b)), at + 2 + n)
-    };
-    (start.checked_add(len)? <= buf.len()).then_some((tag, start, len))
-}
-
-/// What one message is, for forwarding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// v1 or v2c with this PDU tag; `pdu_at` is the tag's offset.
-    Community {
-        version: u8,
-        pdu_tag: u8,
-        pdu_at: usize,
-    },
-    V3,
-}
-
-pub fn classify(message: &[u8]) -> Option<Message> {
-    let (tag, start, _) = tlv(message, 0)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (tag, version_at, version_len) = tlv(message, start)?;
-    if tag != 0x02 || version_len != 1 {
-        return None;
-    }
-    let version = message[version_at];
-    if version == 3 {
-        return Some(Message::V3);
-    }
-    if version > 1 {
-        return None;
-    }
-    let (tag, community_at, community_len) = tlv(message, version_at + 1)?;
-    if tag != 0x04 {
-        return None;
-    }
-    let pdu_at = community_at + community_len;
-    let (pdu_tag, _, _) = tlv(message, pdu_at)?;
-    Some(Message::Community { version, pdu_tag, pdu_at })
-}
+use crate::{
+    config::SinkConfig,
+    decode::snmp::{INFORM, Message, TRAP_V1, TRAP_V2, classify},
+};
 
 /// Why a record was not sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +143,7 @@ impl SnmpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::snmp::tlv;
 
     /// A v2c message with `pdu_tag` and a PDU body of `body_len` bytes.
     fn v2c(pdu_tag: u8, body_len: usize) -> Vec<u8> {
