@@ -28,4 +28,4 @@ EXPOSE 514/udp 162/udp 2055/udp 4739/udp 6343/udp 9184/tcp
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD ["curl", "-fsS", "http://127.0.0.1:9184/healthz"]
 ENTRYPOINT ["/usr/local/bin/raven-agent"]
-CMD ["run", "--config", "/etc/raven/raven.toml"]
+CMD ["run", "--config", "/etc/raven/raven.toml", "--data-dir", "/data"]

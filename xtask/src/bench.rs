@@ -355,3 +355,49 @@ pub fn today() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// `store`: `raven-agent store load` appends synthetic RFC 3164 lines
+/// (about 50 bytes each) at several batch sizes; each batch is one block,
+/// compressed and fdatasynced before the next. Reports records/s, bytes per
+/// stored record, and the compression ratio from `segments stats`.
+pub fn store(records: u64) -> anyhow::Result<()> {
+    crate::build_ebpf()?;
+    let agent = workspace_root().join("target/release/raven-agent");
+    println!("\n## store — {} — {}", machine(), today());
+    println!(
+        "{records} synthetic syslog records per run, one block (compress + fdatasync) per batch\n"
+    );
+    println!("| batch | records/s | stored bytes/record | compression ratio |");
+    println!("|---|---|---|---|");
+    for batch in [10usize, 100, 1000, 10_000] {
+        let dir = tempdir()?.join(format!("store-{batch}"));
+        let start = Instant::now();
+        let out = Command::new(&agent)
+            .args(["store", "--data-dir"])
+            .arg(&dir)
+            .args(["load", "--records", &records.to_string(), "--batch", &batch.to_string()])
+            .args(["--segment-max-bytes", "67108864"])
+            .stdout(Stdio::null())
+            .status()?;
+        let secs = start.elapsed().as_secs_f64();
+        if !out.success() {
+            bail!("store load failed");
+        }
+        let stats = Command::new(&agent)
+            .args(["segments", "--data-dir"])
+            .arg(&dir)
+            .arg("stats")
+            .output()?;
+        let text = String::from_utf8_lossy(&stats.stdout);
+        let syslog = text.lines().find(|l| l.starts_with("syslog")).context("stats output")?;
+        let cols: Vec<&str> = syslog.split_whitespace().collect();
+        let (stored, ratio): (f64, &str) = (cols[4].parse()?, cols[5]);
+        println!(
+            "| {batch} | {:.0} | {:.1} | {ratio} |",
+            records as f64 / secs,
+            stored / records as f64
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

@@ -85,6 +85,11 @@ enum BenchCmd {
         #[arg(long, default_value_t = 100_000)]
         rate: u64,
     },
+    /// Append throughput and bytes per record of the segment store.
+    Store {
+        #[arg(long, default_value_t = 200_000)]
+        records: u64,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -144,6 +149,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench { which: BenchCmd::Capture { count, rate } } => bench::capture(count, rate),
+        Cmd::Bench { which: BenchCmd::Store { records } } => bench::store(records),
         Cmd::BenchSend { target, count, size, rate } => bench::send(&target, count, size, rate),
         Cmd::Test { args } => {
             setup::build_tools()?;
