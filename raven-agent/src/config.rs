@@ -23,10 +23,35 @@ pub struct Config {
     pub capture: CaptureConfig,
     pub api: ApiConfig,
     pub service: ServiceConfig,
+    pub windows: WindowsConfig,
     pub decode: DecodeConfig,
     pub store: StoreConfig,
     // --- forward (issue 5) ---
     pub forward: ForwardConfig,
+}
+
+/// `[windows]`: Windows events over HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowsConfig {
+    /// `ADDRESS:PORT` of `POST /api/data/windows`; empty disables it.
+    pub listen: String,
+    /// Largest request body, after gzip decompression (bytes).
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+    /// Requests handled at once; more get 429.
+    pub max_requests_in_flight: usize,
+}
+
+impl Default for WindowsConfig {
+    fn default() -> Self {
+        WindowsConfig {
+            listen: "0.0.0.0:8084".to_string(),
+            max_body_bytes: 16 << 20,
+            max_events_per_request: 10_000,
+            max_requests_in_flight: 8,
+        }
+    }
 }
 
 /// `[decode]`: how records are read into fields.
@@ -219,7 +244,7 @@ impl Default for CaptureConfig {
             mode: CaptureMode::Xdp,
             xdp_mode: XdpAttachMode::Auto,
             interfaces: Vec::new(),
-            ports: Stream::ALL
+            ports: Stream::WIRE
                 .into_iter()
                 .map(|stream| PortConfig {
                     port: stream.default_port(),
@@ -325,6 +350,12 @@ impl Config {
             if rule.port == 0 {
                 problem(format!("capture.ports[{i}].port"), "port 0 cannot be captured");
             }
+            if rule.stream == Stream::Windows {
+                problem(
+                    format!("capture.ports[{i}].stream"),
+                    "windows events come over HTTP (windows.listen), not UDP",
+                );
+            }
             if !seen.insert(rule.port) {
                 problem(format!("capture.ports[{i}].port"), "port listed twice");
             }
@@ -386,6 +417,19 @@ impl Config {
         }
         if self.service.user.contains(['/', ':', ' ', '\0']) {
             problem("service.user".into(), "not a valid user name");
+        }
+        let w = &self.windows;
+        if !w.listen.is_empty() && w.listen.parse::<std::net::SocketAddr>().is_err() {
+            problem("windows.listen".into(), "must be ADDRESS:PORT (or empty to disable)");
+        }
+        if w.max_body_bytes < 1024 {
+            problem("windows.max_body_bytes".into(), "must be at least 1024");
+        }
+        if w.max_events_per_request == 0 {
+            problem("windows.max_events_per_request".into(), "must be at least 1");
+        }
+        if w.max_requests_in_flight == 0 {
+            problem("windows.max_requests_in_flight".into(), "must be at least 1");
         }
         if crate::decode::syslog::parse_offset(&self.decode.syslog_timezone).is_none() {
             problem("decode.syslog_timezone".into(), "must be UTC or an offset like +01:00");

@@ -31,6 +31,7 @@ pub struct Metrics {
     exporter_bytes: IntCounterVec,
     exporter_ring_full: IntCounterVec,
     xdp_attached: IntGaugeVec,
+    windows_refused: IntCounterVec,
     decode_records: IntCounterVec,
     decode_errors: IntCounterVec,
     store: StoreMetrics,
@@ -127,6 +128,12 @@ impl Metrics {
                 &["exporter", "stream"],
             ),
             xdp_attached,
+            windows_refused: counter(
+                &r,
+                "raven_windows_refused_total",
+                "POST /api/data/windows requests refused (nothing of them stored), by reason",
+                &["reason"],
+            ),
             decode_records: counter(
                 &r,
                 "raven_decode_records_total",
@@ -377,6 +384,18 @@ pub fn snapshot() -> std::collections::BTreeMap<String, f64> {
         }
     }
     out
+}
+
+/// A Windows ingest request refused (nothing of it was stored).
+pub struct WindowsRefused {
+    pub reason: &'static str,
+}
+
+impl InternalEvent for WindowsRefused {
+    fn emit(self) {
+        tracing::warn!(stream = "windows", reason = self.reason, "Windows events refused");
+        metrics().windows_refused.with_label_values(&[self.reason]).inc();
+    }
 }
 
 // --- decode ---

@@ -209,6 +209,7 @@ impl Running {
                 ("service.user", new.service.user != current.service.user),
                 ("store.data_dir", new.store.data_dir != current.store.data_dir),
                 ("decode.syslog_timezone", new.decode != current.decode),
+                ("windows", new.windows != current.windows),
             ]
             .into_iter()
             .filter_map(|(key, changed)| changed.then_some(key)),
@@ -303,6 +304,10 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         Err(_) => None,
     };
 
+    let windows_task =
+        api::windows::serve(&config.windows, store.clone(), tokens.clone(), cancel.clone())
+            .await
+            .with_context(|| format!("windows.listen = {:?}", config.windows.listen))?;
     // Until the VPN supervisor exists every sink may send.
     let (_vpn_tx, vpn) = watch::channel(true);
     let forwarders = Forwarders::start(&config.forward, &store, &vpn).map_err(|problems| {
@@ -412,6 +417,9 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     }
     cancel.cancel();
     if let Some(task) = api_task {
+        task.await??;
+    }
+    if let Some(task) = windows_task {
         task.await??;
     }
     Ok(())

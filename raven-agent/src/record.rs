@@ -21,10 +21,22 @@ pub enum Stream {
     Ipfix,
     Sflow,
     Snmp,
+    /// Windows events posted over HTTP (never on the wire as UDP).
+    Windows,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 5] =
+    pub const ALL: [Stream; 6] = [
+        Stream::Syslog,
+        Stream::Netflow,
+        Stream::Ipfix,
+        Stream::Sflow,
+        Stream::Snmp,
+        Stream::Windows,
+    ];
+
+    /// The streams captured from UDP datagrams (the XDP program's streams).
+    pub const WIRE: [Stream; 5] =
         [Stream::Syslog, Stream::Netflow, Stream::Ipfix, Stream::Sflow, Stream::Snmp];
 
     pub fn name(self) -> &'static str {
@@ -34,6 +46,7 @@ impl Stream {
             Stream::Ipfix => "ipfix",
             Stream::Sflow => "sflow",
             Stream::Snmp => "snmp",
+            Stream::Windows => "windows",
         }
     }
 
@@ -46,6 +59,8 @@ impl Stream {
             Stream::Ipfix => stream::IPFIX,
             Stream::Sflow => stream::SFLOW,
             Stream::Snmp => stream::SNMP,
+            // Past the kernel's ids: Windows events never pass through XDP.
+            Stream::Windows => stream::COUNT as u8,
         }
     }
 
@@ -61,6 +76,7 @@ impl Stream {
             Stream::Ipfix => 4739,
             Stream::Sflow => 6343,
             Stream::Snmp => 162,
+            Stream::Windows => 8084,
         }
     }
 }
@@ -72,7 +88,7 @@ impl fmt::Display for Stream {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown stream {0:?} (expected one of syslog, netflow, ipfix, sflow, snmp)")]
+#[error("unknown stream {0:?} (expected one of syslog, netflow, ipfix, sflow, snmp, windows)")]
 pub struct UnknownStream(pub String);
 
 impl FromStr for Stream {

@@ -17,6 +17,7 @@ pub mod auth;
 mod buffer;
 mod routes;
 pub mod status;
+pub mod windows;
 
 use std::{
     net::SocketAddr,

@@ -218,7 +218,7 @@ impl XdpProgram {
             Ok(self.counters.get(&index, 0).map_err(map_error("COUNTERS"))?.iter().sum())
         };
         let mut matched = BTreeMap::new();
-        for stream in Stream::ALL {
+        for stream in Stream::WIRE {
             matched.insert(stream, read(counter::MATCHED_BASE + u32::from(stream.id()))?);
         }
         Ok(KernelCounters {

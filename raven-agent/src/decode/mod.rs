@@ -69,6 +69,7 @@ impl Decoder {
         match record.stream {
             Stream::Syslog => Some(self.syslog.decode(&record.payload, record.captured_at)),
             Stream::Snmp => Some(snmp::decode(&record.payload)),
+            Stream::Windows => Some(windows_event(&record.payload)),
             Stream::Netflow | Stream::Ipfix | Stream::Sflow => None,
         }
     }
@@ -82,5 +83,24 @@ impl Decoder {
         }
         crate::metrics::emit(event);
         decoded
+    }
+}
+
+/// A Windows event as posted: one JSON object, kept whole under `event`.
+pub fn windows_event(payload: &[u8]) -> Decoded {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(event)) => {
+            let mut fields = Map::new();
+            fields.insert("event".into(), Value::Object(event));
+            Decoded { fields, parse_error: None, reply: None }
+        }
+        Ok(_) => Decoded {
+            parse_error: Some(ParseError::new("not_an_object", "the event is not a JSON object")),
+            ..Decoded::default()
+        },
+        Err(e) => Decoded {
+            parse_error: Some(ParseError::new("bad_json", e.to_string())),
+            ..Decoded::default()
+        },
     }
 }
