@@ -61,7 +61,7 @@ mod tests {
 
     use super::*;
 
-    fn totals(n: u64) -> [(Stream, u64); 5] {
+    fn totals(n: u64) -> [(Stream, u64); Stream::ALL.len()] {
         Stream::ALL.map(|s| (s, if s == Stream::Syslog { n } else { 0 }))
     }
 
