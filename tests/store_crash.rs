@@ -63,7 +63,13 @@ fn acknowledged_records_survive_random_sigkills() {
         for line in rx.try_iter() {
             let (first, last) = line.split_once(' ').unwrap();
             let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
-            assert_eq!(first, acknowledged, "round {round}: ranges continue the store's sequence");
+            // A batch written and synced but killed before it was indexed
+            // and acknowledged is found by the next start's reconcile: the
+            // sequence may skip ahead by at most that one batch.
+            assert!(
+                first >= acknowledged && first - acknowledged <= 37,
+                "round {round}: range {first}.. after {acknowledged} acknowledged"
+            );
             acknowledged = last + 1;
             last_acked = Some(last);
         }

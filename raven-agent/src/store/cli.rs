@@ -84,10 +84,23 @@ pub enum StoreCommand {
     },
 }
 
+/// Inspection never writes: read-only, so it is safe beside a running
+/// agent (and never "repairs" a block the agent is still writing).
 fn open(data_dir: &std::path::Path) -> anyhow::Result<Store> {
-    if !data_dir.join("raven.db").exists() && !data_dir.join("segments").exists() {
-        bail!("{} holds no Raven store", data_dir.display());
+    if !data_dir.join("raven.db").exists() {
+        bail!(
+            "{} holds no Raven store index (to rebuild one from segment files: \
+             raven-agent store --data-dir {} rebuild-index)",
+            data_dir.display(),
+            data_dir.display()
+        );
     }
+    Store::open_read_only(data_dir)
+        .with_context(|| format!("opening the store in {}", data_dir.display()))
+}
+
+/// Maintenance opens the store as its one writer (refused while an agent runs).
+fn open_writer(data_dir: &std::path::Path) -> anyhow::Result<Store> {
     let config =
         StoreConfig { data_dir: data_dir.to_string_lossy().into_owned(), ..StoreConfig::default() };
     Store::open(&config).with_context(|| format!("opening the store in {}", data_dir.display()))
@@ -180,7 +193,16 @@ pub fn segments(args: SegmentsArgs) -> anyhow::Result<()> {
                 match segment::scan(&path, true) {
                     Ok(scan) if scan.corrupt.is_none() && !scan.torn_tail => {
                         let records: u64 = scan.blocks.iter().map(|b| u64::from(b.records)).sum();
-                        if records != s.records {
+                        if s.state == "open" && records > s.records {
+                            // Written and synced, not indexed yet: the
+                            // writer's next start (or its next append) indexes it.
+                            writeln!(
+                                out,
+                                "note {}: {} records not indexed yet",
+                                s.path,
+                                records - s.records
+                            )?;
+                        } else if records != s.records {
                             damaged += 1;
                             writeln!(
                                 out,
@@ -239,6 +261,8 @@ pub fn segments(args: SegmentsArgs) -> anyhow::Result<()> {
 pub fn store(args: StoreArgs) -> anyhow::Result<()> {
     match args.command {
         StoreCommand::RebuildIndex => {
+            // Refuse before touching anything while an agent owns the store.
+            drop(open_writer(&args.data_dir)?);
             let db = args.data_dir.join("raven.db");
             let aside = args
                 .data_dir
@@ -249,7 +273,7 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
                     std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
                 }
             }
-            let store = open(&args.data_dir)?;
+            let store = open_writer(&args.data_dir)?;
             let rows = store.segments(None)?;
             let records: u64 = rows.iter().map(|r| r.records).sum();
             println!(

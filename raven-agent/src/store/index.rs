@@ -111,6 +111,18 @@ impl Index {
         Ok(index)
     }
 
+    /// Opens an existing index for reading only (inspection while an agent
+    /// owns the store): no pragmas that write, no migrations.
+    pub fn open_read_only(path: &Path) -> Result<Index, StoreError> {
+        use rusqlite::OpenFlags;
+        let db = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_error)?;
+        Ok(Index { db })
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         self.db
             .execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", [])

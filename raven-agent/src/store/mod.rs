@@ -88,6 +88,10 @@ pub enum StoreError {
     Damaged { offset: u64, reason: String },
     #[error("disk full and nothing left to evict")]
     DiskFull,
+    #[error("another process owns the store in {0} (a running raven-agent?)")]
+    Busy(String),
+    #[error("the store is open read-only")]
+    ReadOnly,
 }
 
 /// What a cleanup removed.
@@ -160,6 +164,8 @@ const RESERVE_BYTES: u64 = 256 << 10;
 
 struct Inner {
     dir: PathBuf,
+    /// The writer's exclusive `flock` on `raven.lock` (None: read-only).
+    _lock: Option<File>,
     config: Mutex<StoreConfig>,
     state: Mutex<State>,
     durable: watch::Sender<u64>,
@@ -208,6 +214,16 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let dir = PathBuf::from(&config.data_dir);
         fs::create_dir_all(dir.join("segments")).map_err(io_error)?;
+        // One writer per store: reconcile truncates and moves files, which
+        // must never happen under a running agent.
+        let lock = File::create(dir.join("raven.lock")).map_err(io_error)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe {
+            libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB)
+        } != 0
+        {
+            return Err(StoreError::Busy(dir.display().to_string()));
+        }
         let db_path = dir.join("raven.db");
         let index = match Index::open(&db_path) {
             Ok(index) => index,
@@ -232,6 +248,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 dir,
+                _lock: Some(lock),
                 config: Mutex::new(config.clone()),
                 state: Mutex::new(State {
                     index,
@@ -247,6 +264,38 @@ impl Store {
         store.reconcile()?;
         store.ensure_reserve();
         Ok(store)
+    }
+
+    /// Opens a store for reading only: no reconcile, no lock, nothing
+    /// written. Safe while an agent runs on it (readers see what the index
+    /// says is durable).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        let index = Index::open_read_only(&dir.join("raven.db"))?;
+        let (durable, _) = watch::channel(0);
+        let store = Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                _lock: None,
+                config: Mutex::new(StoreConfig {
+                    data_dir: dir.to_string_lossy().into_owned(),
+                    ..StoreConfig::default()
+                }),
+                state: Mutex::new(State {
+                    index,
+                    open: BTreeMap::new(),
+                    next_seq: BTreeMap::new(),
+                    blocks: HashMap::new(),
+                    degraded: BTreeMap::new(),
+                    pending: Vec::new(),
+                }),
+                durable,
+            }),
+        };
+        Ok(store)
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.inner._lock.is_some() { Ok(()) } else { Err(StoreError::ReadOnly) }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -427,6 +476,7 @@ impl Store {
     /// Appends records of one stream as one block. Returns when they are
     /// durable (written, fdatasynced, indexed).
     pub fn append(&self, stream: Stream, records: Vec<NewRecord>) -> Result<Appended, StoreError> {
+        self.writable()?;
         if records.is_empty() {
             let next = self.state().next_seq.get(&stream).copied().unwrap_or(0);
             return Ok(Appended { first_seq: next, last_seq: next.wrapping_sub(1) });
@@ -726,6 +776,7 @@ impl Store {
 
     /// Retention: age, per-stream quota, total quota, free-disk watermark.
     pub fn cleanup(&self, now: SystemTime) -> Result<Evicted, StoreError> {
+        self.writable()?;
         let config = self.config();
         let mut total = Evicted::default();
         let max_age = Duration::from_secs(config.max_age_days * 86_400);

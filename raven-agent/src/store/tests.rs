@@ -336,3 +336,20 @@ proptest! {
         prop_assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), tail);
     }
 }
+
+#[test]
+fn one_writer_at_a_time_and_readers_never_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&config(dir.path())).unwrap();
+    store.append(Stream::Syslog, batch(0, 5)).unwrap();
+    assert!(matches!(Store::open(&config(dir.path())), Err(StoreError::Busy(_))));
+    // A torn-looking tail under a live writer is not "repaired" by a reader.
+    let path = open_segment_path(&store);
+    let before = std::fs::metadata(&path).unwrap().len();
+    let reader = Store::open_read_only(dir.path()).unwrap();
+    assert_eq!(reader.read(Stream::Syslog, 0, 100).unwrap().len(), 5);
+    assert!(matches!(reader.append(Stream::Syslog, batch(5, 1)), Err(StoreError::ReadOnly)));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
+    drop(store);
+    assert!(Store::open(&config(dir.path())).is_ok(), "the lock goes with the writer");
+}
