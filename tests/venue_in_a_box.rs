@@ -27,6 +27,7 @@ use common::{
 };
 
 const SINK_PORT: u16 = 10514;
+const TOKEN: &str = "venue-noc-token";
 /// Records a sink sends per batch: the most one broken connection can
 /// duplicate (docs/forwarding.md).
 const BATCH: usize = 512;
@@ -35,7 +36,7 @@ fn config(lab: &Lab) -> String {
     format!(
         "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\n\
          ports = [{{port = 514, stream = \"syslog\"}}]\n\
-         [api]\nlisten = \"{METRICS_LISTEN}\"\n\
+         [api]\nlisten = \"{METRICS_LISTEN}\"\ntokens_file = \"@DIR@/tokens\"\n\
          [forward]\nappliance_id = \"venue-7\"\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\n\
          probe_interval_ms = 500\n\
          [[forward.sinks]]\nname = \"noc-syslog\"\nprotocol = \"syslog_tcp\"\n\
@@ -96,7 +97,8 @@ fn syslog_survives_an_outage_and_a_sigkill_with_nothing_lost() {
     let _rsyslog = rsyslog_with(&noc, rsyslog_dir.path(), SINK_PORT, "module(load=\"imtcp\")\n");
     let log = rsyslog_dir.path().join("received.log");
 
-    let mut agent = Agent::run(&lab, &config(&lab), &[]);
+    let started = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let mut agent = Agent::with_files(&lab, &config(&lab), &[("tokens", TOKEN)], &[]);
     agent.wait_until_attached();
     let stored = "raven_store_appended_records_total{stream=\"syslog\"}";
     let state = "raven_forward_link_state{sink=\"noc-syslog\"}";
@@ -151,4 +153,30 @@ fn syslog_survives_an_outage_and_a_sigkill_with_nothing_lost() {
     assert_eq!(first_order, sorted, "first arrivals keep the sending order");
     let m = agent.metrics();
     assert_eq!(m.get(backlog).copied(), Some(0.0), "caught up: {m:?}");
+
+    // The NOC asks for the range again: `raven-agent replay` through the
+    // API re-sends it on its own connection; the live cursor stays.
+    let rfc3339 =
+        |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let to = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let out = lab
+        .appliance
+        .command(common::AGENT)
+        .args(["replay", "--api", METRICS_LISTEN, "--token", TOKEN, "--sink", "noc-syslog"])
+        .args(["--stream", "syslog", "--exporter", "198.18.0.2"])
+        .args(["--from", &rfc3339(started), "--to", &rfc3339(to)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["records"], 2000, "{answer}");
+    wait_until("the replayed range at the NOC", Duration::from_secs(30), || {
+        received(&log).0.values().all(|n| *n >= 2)
+    });
+    agent.wait_for_metric(
+        "raven_forward_replayed_records_total{outcome=\"acknowledged\",sink=\"noc-syslog\"}",
+        2000.0,
+    );
+    let m = agent.metrics();
+    assert_eq!(m.get(backlog).copied(), Some(0.0), "the live cursor did not move back: {m:?}");
 }

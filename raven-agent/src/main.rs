@@ -32,6 +32,8 @@ enum Command {
     Segments(raven_agent::store::cli::SegmentsArgs),
     /// Store maintenance: rebuild-index, load.
     Store(raven_agent::store::cli::StoreArgs),
+    /// Ask the running agent to re-send a stored range to a sink.
+    Replay(raven_agent::api::client::ReplayArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Command::Tap(args) => tap::run(args).await,
             Command::Segments(args) => raven_agent::store::cli::segments(args),
             Command::Store(args) => raven_agent::store::cli::store(args),
+            Command::Replay(args) => raven_agent::api::client::replay(args),
         }
     })
 }

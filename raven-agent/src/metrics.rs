@@ -710,6 +710,7 @@ struct ForwardMetrics {
     state_seconds: CounterVec,
     backlog_records: IntGaugeVec,
     lag_seconds: prometheus::GaugeVec,
+    replayed: IntCounterVec,
 }
 
 impl ForwardMetrics {
@@ -748,6 +749,12 @@ impl ForwardMetrics {
         .expect("valid metric definition");
         r.register(Box::new(lag_seconds.clone())).expect("metric registered once");
         ForwardMetrics {
+            replayed: counter(
+                r,
+                "raven_forward_replayed_records_total",
+                "Records re-sent by on-demand replays (POST /api/replay), by outcome",
+                &["sink", "outcome"],
+            ),
             backlog_records,
             lag_seconds,
             sent_records: counter(
@@ -847,6 +854,30 @@ impl InternalEvent for ForwardLinkState<'_> {
             if seconds > 0.0 {
                 counter.inc_by(seconds);
             }
+        }
+    }
+}
+
+/// An on-demand replay finished.
+pub struct ReplayFinished<'a> {
+    pub sink: &'a str,
+    pub records: u64,
+    pub acknowledged: u64,
+}
+
+impl InternalEvent for ReplayFinished<'_> {
+    fn emit(self) {
+        let m = &metrics().forward;
+        m.replayed.with_label_values(&[self.sink, "acknowledged"]).inc_by(self.acknowledged);
+        let failed = self.records - self.acknowledged.min(self.records);
+        if failed > 0 {
+            tracing::warn!(
+                sink = self.sink,
+                records = failed,
+                reason = "sink_gave_up",
+                "replay ended with records not acknowledged"
+            );
+            m.replayed.with_label_values(&[self.sink, "not_acknowledged"]).inc_by(failed);
         }
     }
 }

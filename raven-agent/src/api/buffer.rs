@@ -168,6 +168,91 @@ async fn flush(
     Ok(Json(FlushScheduled { stream: stream.name().to_string(), sinks }))
 }
 
+/// A range of stored records to send to a sink again.
+#[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// A configured sink's name.
+    pub sink: String,
+    /// Only this stream (default: every stream the sink takes).
+    pub stream: Option<String>,
+    /// RFC 3339, inclusive.
+    pub from: String,
+    /// RFC 3339, inclusive.
+    pub to: String,
+    /// Only records from this source address.
+    #[schema(value_type = Option<String>)]
+    pub exporter: Option<std::net::IpAddr>,
+}
+
+/// What a replay scheduled; it runs in the background (its outcome is
+/// logged and counted in `raven_forward_replayed_records_total`).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReplayScheduled {
+    pub sink: String,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Re-sends a range of stored records to a sink without moving its cursor.
+#[utoipa::path(
+    post,
+    path = "/api/replay",
+    request_body(content = ReplayRequest, content_type = "application/json"),
+    responses((status = 202, body = ReplayScheduled), (status = 400, body = Object), (status = 401, body = Object), (status = 404, body = Object))
+)]
+async fn replay(
+    State(state): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<ReplayScheduled>), ApiError> {
+    // Parsed here, not by an extractor, so every refusal is a JSON 400.
+    let request: ReplayRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad replay request: {e}")))?;
+    let config = state.config.borrow().clone();
+    let sink_config =
+        config.forward.sinks.iter().find(|s| s.name == request.sink).cloned().ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no sink named {:?}", request.sink))
+        })?;
+    let stream = request.stream.as_deref().map(stream_or_404).transpose()?;
+    let (from, to) = (parse_time("from", &request.from)?, parse_time("to", &request.to)?);
+    if from > to {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "from is after to"));
+    }
+    let sink = crate::forward::ManagedSink::new(&sink_config, &config.forward)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let takes = sink_config.effective_streams();
+    let store = state.store.clone();
+    let (exporter, appliance) = (request.exporter, config.forward.appliance_id.clone());
+    let records = blocking(move || {
+        store.read_range(
+            stream,
+            crate::store::segment::from_nanos(from),
+            crate::store::segment::from_nanos(to),
+            exporter,
+        )
+    })
+    .await?;
+    let records: Vec<_> = records
+        .into_iter()
+        .filter(|r| takes.contains(&r.record.stream))
+        .map(|r| crate::forward::replay::outgoing(&appliance, r))
+        .collect();
+    let scheduled = ReplayScheduled {
+        sink: request.sink.clone(),
+        records: records.len() as u64,
+        first_seq: records.first().map(|r| r.id.seq),
+        last_seq: records.last().map(|r| r.id.seq),
+    };
+    tracing::info!(sink = %request.sink, records = records.len(), "replay scheduled");
+    tokio::spawn(crate::forward::replay::run(
+        sink,
+        records,
+        config.forward.breaker_failures.max(1),
+    ));
+    Ok((StatusCode::ACCEPTED, Json(scheduled)))
+}
+
 pub fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
     use utoipa_axum::routes;
     utoipa_axum::router::OpenApiRouter::new()
@@ -176,4 +261,5 @@ pub fn routes() -> utoipa_axum::router::OpenApiRouter<ApiState> {
         .routes(routes!(segments))
         .routes(routes!(cleanup))
         .routes(routes!(flush))
+        .routes(routes!(replay))
 }

@@ -15,6 +15,7 @@
 
 pub mod auth;
 mod buffer;
+pub mod client;
 mod routes;
 pub mod status;
 pub mod windows;

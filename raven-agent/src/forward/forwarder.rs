@@ -57,14 +57,7 @@ impl Backlog for StoreBacklog {
         let records = self.store.read(stream, from_seq, max).map_err(|e| e.to_string())?;
         Ok(records
             .into_iter()
-            .map(|stored| Outgoing {
-                id: super::RecordId { appliance: self.appliance.clone(), stream, seq: stored.seq },
-                captured_at: stored.record.captured_at,
-                src: stored.record.src,
-                dst_port: stored.record.dst_port,
-                payload: stored.record.payload,
-                decoded: stored.decoded,
-            })
+            .map(|stored| super::replay::outgoing(&self.appliance, stored))
             .collect())
     }
 

@@ -29,6 +29,7 @@ pub mod forwarder;
 pub mod health;
 pub mod http;
 pub mod pacing;
+pub mod replay;
 pub mod snmp;
 pub mod syslog;
 pub mod udp_relay;
