@@ -36,7 +36,8 @@ fn the_status_page_shows_streams_numbers_and_exporters() {
     let lab = Lab::new();
     let config = format!(
         "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\n[api]\nlisten = \"{METRICS_LISTEN}\"\n\
-         tokens_file = \"@DIR@/tokens\"\n",
+         tokens_file = \"@DIR@/tokens\"\n\
+         [[forward.sinks]]\nname = \"noc\"\nprotocol = \"syslog_tcp\"\nendpoint = \"198.18.0.2:10514\"\n",
         lab.appliance_if
     );
     let agent = Agent::with_files(&lab, &config, &[("tokens", "page-token\n")], &[]);
@@ -72,6 +73,14 @@ fn the_status_page_shows_streams_numbers_and_exporters() {
     assert!(dom.contains("data-exporter=\"198.18.0.2\""), "{dom}");
     assert!(dom.contains(&format!("XDP on {} (driver)", lab.appliance_if)), "{dom}");
     assert!(dom.contains("<polyline"), "rate charts are drawn");
+    // The store and the sink: every syslog line stored, the sink (nobody
+    // listens) not up, its backlog all of them.
+    assert!(row("syslog").contains("class=\"n stored\">30<"), "{}", row("syslog"));
+    assert!(dom.contains("store ok"), "{dom}");
+    let sink = &dom[dom.find("data-sink=\"noc\"").unwrap_or_else(|| panic!("{dom}"))..];
+    let sink = &sink[..sink.find("</tr>").unwrap()];
+    assert!(!sink.contains(">up<"), "{sink}");
+    assert!(sink.contains("class=\"n backlog\">30<"), "{sink}");
 
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     chromium(&lab, &page, &["--window-size=1280,720", &format!("--screenshot={}", shot.display())]);

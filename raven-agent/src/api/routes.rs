@@ -39,13 +39,69 @@ async fn status_page() -> axum::response::Html<&'static str> {
     responses((status = 200, body = Object), (status = 401, body = Object))
 )]
 async fn status_data(State(state): State<ApiState>) -> Json<Value> {
+    let store = state.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.status()).await.ok().and_then(Result::ok);
     let streams: Vec<Value> = metrics::captured_per_stream()
         .iter()
-        .map(|(stream, records)| json!({ "stream": stream, "records": records }))
+        .map(|(stream, records)| {
+            let kept = stored
+                .as_ref()
+                .and_then(|s| s.streams.iter().find(|k| k.stream == stream.name()));
+            json!({
+                "stream": stream,
+                "records": records,
+                "stored": kept.map(|k| k.records),
+                "fill_ratio": kept.map(|k| k.fill_ratio),
+                "oldest": kept.and_then(|k| k.oldest.clone()),
+            })
+        })
         .collect();
     let capture = state.capture.borrow().clone();
     let history = state.history.borrow().clone();
-    Json(json!({ "capture": capture, "streams": streams, "history": history }))
+    Json(json!({
+        "capture": capture,
+        "streams": streams,
+        "history": history,
+        "store": stored.map(|s| json!({ "state": s.state, "reasons": s.reasons,
+            "disk_free_bytes": s.disk_free_bytes, "disk_total_bytes": s.disk_total_bytes })),
+        "sinks": sinks(&state),
+    }))
+}
+
+/// Each configured sink's link state, backlog and lag, from the metrics the
+/// forwarders publish.
+fn sinks(state: &ApiState) -> Vec<Value> {
+    let snapshot = metrics::snapshot();
+    let value = |name: &str| snapshot.get(name).copied();
+    state
+        .config
+        .borrow()
+        .forward
+        .sinks
+        .iter()
+        .map(|sink| {
+            let link = value(&format!("raven_forward_link_state{{sink=\"{}\"}}", sink.name));
+            let per_stream = |metric: &str| -> Vec<f64> {
+                sink.effective_streams()
+                    .iter()
+                    .filter_map(|s| {
+                        value(&format!("{metric}{{sink=\"{}\",stream=\"{}\"}}", sink.name, s))
+                    })
+                    .collect()
+            };
+            // Backlogs add up across streams; the lag is the worst stream's.
+            let backlog: f64 = per_stream("raven_forward_backlog_records").iter().sum();
+            let lag = per_stream("raven_forward_lag_seconds").into_iter().fold(0.0, f64::max);
+            json!({
+                "sink": sink.name,
+                "protocol": sink.protocol,
+                "endpoint": sink.endpoint,
+                "state": match link { Some(2.0) => "up", Some(1.0) => "degraded", _ => "down" },
+                "backlog_records": backlog,
+                "lag_seconds": lag,
+            })
+        })
+        .collect()
 }
 
 /// The process is alive and serving.
