@@ -34,6 +34,8 @@ pub struct Metrics {
     windows_refused: IntCounterVec,
     decode_records: IntCounterVec,
     decode_errors: IntCounterVec,
+    decode_lost: IntCounterVec,
+    decode_restarts: IntCounterVec,
     store: StoreMetrics,
     // --- forward (issue 5) ---
     forward: ForwardMetrics,
@@ -145,6 +147,18 @@ impl Metrics {
                 "raven_decode_parse_errors_total",
                 "Records kept raw because they did not fully parse, by reason",
                 &["stream", "reason"],
+            ),
+            decode_lost: counter(
+                &r,
+                "raven_decode_sequence_lost_total",
+                "Records missing from exporters' sequence numbers: lost before reaching Raven",
+                &["stream"],
+            ),
+            decode_restarts: counter(
+                &r,
+                "raven_decode_exporter_restarts_total",
+                "Exporter sequence numbers that restarted (not counted as loss)",
+                &["stream"],
             ),
             store: StoreMetrics::new(&r),
             forward: ForwardMetrics::new(&r),
@@ -407,6 +421,9 @@ pub struct DecodedBatch {
     outcomes: BTreeMap<(Stream, &'static str), u64>,
     /// (stream, reason) → records
     errors: BTreeMap<(Stream, &'static str), u64>,
+    /// stream → (records lost upstream, exporter restarts), and one
+    /// exporter that lost some (named in the log line).
+    sequence: BTreeMap<Stream, (u64, u64, Option<std::net::IpAddr>)>,
 }
 
 impl DecodedBatch {
@@ -423,6 +440,24 @@ impl DecodedBatch {
         };
         *self.outcomes.entry((stream, label)).or_default() += 1;
     }
+
+    pub fn sequence(
+        &mut self,
+        stream: Stream,
+        exporter: std::net::IpAddr,
+        lost: u64,
+        restarted: bool,
+    ) {
+        if lost == 0 && !restarted {
+            return;
+        }
+        let entry = self.sequence.entry(stream).or_default();
+        entry.0 += lost;
+        entry.1 += u64::from(restarted);
+        if lost > 0 {
+            entry.2 = Some(exporter);
+        }
+    }
 }
 
 impl InternalEvent for DecodedBatch {
@@ -434,6 +469,14 @@ impl InternalEvent for DecodedBatch {
         for ((stream, reason), n) in self.errors {
             tracing::debug!(%stream, reason, records = n, "records kept raw with a parse error");
             m.decode_errors.with_label_values(&[stream.name(), reason]).inc_by(n);
+        }
+        for (stream, (lost, restarts, exporter)) in self.sequence {
+            if lost > 0 {
+                tracing::warn!(%stream, exporter = ?exporter, records = lost,
+                    reason = "sequence_gap", "the exporter's sequence numbers skipped: loss before Raven");
+            }
+            m.decode_lost.with_label_values(&[stream.name()]).inc_by(lost);
+            m.decode_restarts.with_label_values(&[stream.name()]).inc_by(restarts);
         }
     }
 }

@@ -40,13 +40,13 @@ async fn status_page() -> axum::response::Html<&'static str> {
 )]
 async fn status_data(State(state): State<ApiState>) -> Json<Value> {
     let store = state.store.clone();
-    let stored = tokio::task::spawn_blocking(move || store.status()).await.ok().and_then(Result::ok);
+    let stored =
+        tokio::task::spawn_blocking(move || store.status()).await.ok().and_then(Result::ok);
     let streams: Vec<Value> = metrics::captured_per_stream()
         .iter()
         .map(|(stream, records)| {
-            let kept = stored
-                .as_ref()
-                .and_then(|s| s.streams.iter().find(|k| k.stream == stream.name()));
+            let kept =
+                stored.as_ref().and_then(|s| s.streams.iter().find(|k| k.stream == stream.name()));
             json!({
                 "stream": stream,
                 "records": records,

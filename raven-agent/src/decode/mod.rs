@@ -13,10 +13,11 @@
 //! (the JSON schema the store keeps and `raven-agent segments cat` prints).
 //!
 //! Operations: [`Decoder::decode_batch`] per captured batch (one metrics
-//! event per batch). Syslog and SNMP are decoded; NetFlow, IPFIX and sFlow
-//! are kept raw for now (`raw_only` in the metrics), which loses nothing:
-//! the bytes are stored and forwarded as received.
+//! event per batch). Syslog, SNMP, NetFlow and IPFIX are decoded; sFlow is
+//! kept raw for now (`raw_only` in the metrics), which loses nothing: the
+//! bytes are stored and forwarded as received.
 
+pub mod flow;
 pub mod snmp;
 pub mod syslog;
 
@@ -55,32 +56,53 @@ impl ParseError {
 /// The decoders of every stream, configured once.
 pub struct Decoder {
     syslog: syslog::SyslogDecoder,
+    /// Templates and sequence state change with every datagram.
+    flow: std::sync::Mutex<flow::FlowDecoder>,
 }
 
 impl Decoder {
     pub fn new(config: &crate::config::DecodeConfig) -> Decoder {
         let offset = syslog::parse_offset(&config.syslog_timezone)
             .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC"));
-        Decoder { syslog: syslog::SyslogDecoder::new(offset) }
+        Decoder {
+            syslog: syslog::SyslogDecoder::new(offset),
+            flow: std::sync::Mutex::new(flow::FlowDecoder::default()),
+        }
     }
 
-    pub fn decode(&self, record: &crate::record::Record) -> Option<Decoded> {
+    /// Decodes one record; also returns what its sequence number says
+    /// about loss upstream (flows).
+    pub fn decode(&self, record: &crate::record::Record) -> (Option<Decoded>, flow::Sequence) {
         use crate::record::Stream;
+        let none = flow::Sequence::default();
         match record.stream {
-            Stream::Syslog => Some(self.syslog.decode(&record.payload, record.captured_at)),
-            Stream::Snmp => Some(snmp::decode(&record.payload)),
-            Stream::Windows => Some(windows_event(&record.payload)),
-            Stream::Netflow | Stream::Ipfix | Stream::Sflow => None,
+            Stream::Syslog => (Some(self.syslog.decode(&record.payload, record.captured_at)), none),
+            Stream::Snmp => (Some(snmp::decode(&record.payload)), none),
+            Stream::Windows => (Some(windows_event(&record.payload)), none),
+            Stream::Netflow | Stream::Ipfix => {
+                let mut flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
+                let (decoded, sequence) = flow.decode(record.src, &record.payload);
+                (Some(decoded), sequence)
+            }
+            Stream::Sflow => (None, none),
         }
     }
 
     /// Decodes a batch; `None` where the stream has no decoder yet.
     pub fn decode_batch(&self, batch: &[crate::record::Record]) -> Vec<Option<Decoded>> {
-        let decoded: Vec<Option<Decoded>> = batch.iter().map(|r| self.decode(r)).collect();
         let mut event = crate::metrics::DecodedBatch::default();
-        for (record, d) in batch.iter().zip(&decoded) {
-            event.add(record.stream, d.as_ref().map(|d| d.parse_error.as_ref().map(|e| e.reason)));
-        }
+        let decoded = batch
+            .iter()
+            .map(|record| {
+                let (d, sequence) = self.decode(record);
+                event.add(
+                    record.stream,
+                    d.as_ref().map(|d| d.parse_error.as_ref().map(|e| e.reason)),
+                );
+                event.sequence(record.stream, record.src.ip(), sequence.lost, sequence.restarted);
+                d
+            })
+            .collect();
         crate::metrics::emit(event);
         decoded
     }

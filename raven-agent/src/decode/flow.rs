@@ -1,0 +1,264 @@
+//! NetFlow v5/v7/v9 and IPFIX, with `netflow_parser`.
+//!
+//! Invariants:
+//! - Templates are scoped by exporter address and port and, for v9 and
+//!   IPFIX, by source id / observation domain (`AutoScopedParser`), so two
+//!   routers using template 256 never collide. The parser's caches are
+//!   bounded (sources, templates per source).
+//! - A datagram that does not parse (or whose data waits for a template)
+//!   is kept raw with a reason; nothing panics.
+//! - Sequence gaps are counted per exporter and domain: v5/v7 flow
+//!   sequence (advances by the flows in each datagram), v9 package sequence
+//!   (by one per datagram), IPFIX sequence (by the data records). A jump
+//!   backwards, or forwards by more than half the number space, is an
+//!   exporter restart, not loss.
+//!
+//! Not yet: templates are not journaled across Raven restarts, and data
+//! that arrives before its template is reported (`pending`) rather than
+//! held and decoded later.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+use netflow_parser::{AutoScopedParser, NetflowPacket};
+use serde_json::{Map, Value, json};
+
+use super::{Decoded, ParseError};
+
+/// Exporters whose sequence state is kept (oldest forgotten beyond).
+const MAX_SEQUENCE_SOURCES: usize = 10_000;
+
+pub struct FlowDecoder {
+    parser: AutoScopedParser,
+    /// (exporter, version, domain) → the sequence number expected next.
+    expected: HashMap<(IpAddr, u16, u32), u32>,
+}
+
+impl Default for FlowDecoder {
+    fn default() -> Self {
+        FlowDecoder { parser: AutoScopedParser::new(), expected: HashMap::new() }
+    }
+}
+
+/// What the sequence says about one datagram.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sequence {
+    pub lost: u64,
+    pub restarted: bool,
+}
+
+impl FlowDecoder {
+    /// Checks `sequence` against what the exporter's previous datagram
+    /// announced, and remembers what to expect after this one (`advance`).
+    fn sequence(&mut self, key: (IpAddr, u16, u32), sequence: u32, advance: u32) -> Sequence {
+        if self.expected.len() >= MAX_SEQUENCE_SOURCES && !self.expected.contains_key(&key) {
+            self.expected.clear();
+        }
+        let mut out = Sequence::default();
+        if let Some(&expected) = self.expected.get(&key) {
+            let ahead = sequence.wrapping_sub(expected);
+            if ahead != 0 {
+                if ahead < (1 << 31) && ahead < 1 << 24 {
+                    out.lost = u64::from(ahead);
+                } else {
+                    out.restarted = true;
+                }
+            }
+        }
+        self.expected.insert(key, sequence.wrapping_add(advance));
+        out
+    }
+
+    pub fn decode(&mut self, exporter: SocketAddr, payload: &[u8]) -> (Decoded, Sequence) {
+        let result = self.parser.parse_from_source(exporter, payload);
+        let mut fields = Map::new();
+        let mut sequence = Sequence::default();
+        let mut parse_error = result.error.as_ref().map(|e| {
+            let text = e.to_string();
+            let reason = if text.contains("emplate") { "no_template" } else { "bad_flow" };
+            ParseError::new(reason, text)
+        });
+        let Some(packet) = result.packets.first() else {
+            return (
+                Decoded {
+                    fields,
+                    parse_error: parse_error
+                        .or_else(|| Some(ParseError::new("bad_flow", "no NetFlow/IPFIX message"))),
+                    reply: None,
+                },
+                sequence,
+            );
+        };
+        let raw = serde_json::to_value(packet).unwrap_or(Value::Null);
+        let header = &raw.get(variant_name(packet)).and_then(|v| v.get("header")).cloned();
+        let header_u32 = |key: &str| {
+            header.as_ref().and_then(|h| h.get(key)).and_then(Value::as_u64).map(|v| v as u32)
+        };
+        let common = packet.as_netflow_common().ok();
+        // A data set the parser kept without records (a template it could
+        // not use): say so rather than report zero flows as if complete.
+        let undecoded = raw
+            .get(variant_name(packet))
+            .and_then(|p| p.get("flowsets"))
+            .and_then(Value::as_array)
+            .map_or(0, |sets| {
+                sets.iter()
+                    .filter(|set| {
+                        let fields = set.pointer("/body/Data/fields").and_then(Value::as_array);
+                        let length = set.pointer("/header/length").and_then(Value::as_u64);
+                        fields.is_some_and(Vec::is_empty) && length.is_some_and(|l| l > 4)
+                    })
+                    .count()
+            });
+        if undecoded > 0 && parse_error.is_none() {
+            parse_error = Some(ParseError::new(
+                "undecoded_data_set",
+                format!("{undecoded} data set(s) not decoded with their template"),
+            ));
+        }
+        let flows: Vec<Value> = common
+            .as_ref()
+            .map(|c| {
+                c.flowsets
+                    .iter()
+                    .map(|f| {
+                        json!({
+                            "src_addr": f.src_addr, "dst_addr": f.dst_addr,
+                            "src_port": f.src_port, "dst_port": f.dst_port,
+                            "protocol": f.protocol_number,
+                            "first_seen": f.first_seen, "last_seen": f.last_seen,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (version, seq_key, domain, advance) = match packet {
+            NetflowPacket::V5(_) => (5, "flow_sequence", None, flows.len() as u32),
+            NetflowPacket::V7(_) => (7, "flow_sequence", None, flows.len() as u32),
+            NetflowPacket::V9(_) => (9, "sequence_number", header_u32("source_id"), 1),
+            NetflowPacket::IPFix(_) => {
+                (10, "sequence_number", header_u32("observation_domain_id"), flows.len() as u32)
+            }
+            _ => (0, "", None, 0),
+        };
+        fields.insert("version".into(), json!(version));
+        if let Some(count) = header_u32("count") {
+            fields.insert("count".into(), json!(count));
+        }
+        if let Some(seq) = header_u32(seq_key) {
+            fields.insert("sequence".into(), json!(seq));
+            sequence = self.sequence((exporter.ip(), version, domain.unwrap_or(0)), seq, advance);
+            if sequence.lost > 0 {
+                fields.insert("sequence_gap".into(), json!(sequence.lost));
+            }
+            if sequence.restarted {
+                fields.insert("exporter_restarted".into(), json!(true));
+            }
+        }
+        match (version, domain) {
+            (9, Some(d)) => fields.insert("source_id".into(), json!(d)),
+            (10, Some(d)) => fields.insert("observation_domain".into(), json!(d)),
+            _ => None,
+        };
+        fields.insert("flows".into(), Value::Array(flows));
+        if parse_error.is_none() && result.packets.len() > 1 {
+            parse_error = Some(ParseError::new(
+                "trailing_bytes",
+                format!("{} messages in one datagram", result.packets.len()),
+            ));
+        }
+        (Decoded { fields, parse_error, reply: None }, sequence)
+    }
+}
+
+fn variant_name(packet: &NetflowPacket) -> &'static str {
+    match packet {
+        NetflowPacket::V5(_) => "V5",
+        NetflowPacket::V7(_) => "V7",
+        NetflowPacket::V9(_) => "V9",
+        NetflowPacket::IPFix(_) => "IPFix",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NetFlow v5 datagram with `count` flows and `flow_sequence`.
+    fn v5(count: u16, flow_sequence: u32) -> Vec<u8> {
+        let mut d = Vec::new();
+        d.extend(5u16.to_be_bytes());
+        d.extend(count.to_be_bytes());
+        d.extend(1000u32.to_be_bytes()); // sys_up_time
+        d.extend(1_800_000_000u32.to_be_bytes());
+        d.extend(0u32.to_be_bytes());
+        d.extend(flow_sequence.to_be_bytes());
+        d.extend([0, 0, 0, 0]); // engine type/id, sampling
+        for i in 0..count {
+            d.extend([192, 0, 2, 10]); // src
+            d.extend([198, 18, 0, 20]); // dst
+            d.extend([0, 0, 0, 0]); // nexthop
+            d.extend(1u16.to_be_bytes());
+            d.extend(2u16.to_be_bytes());
+            d.extend(10u32.to_be_bytes()); // packets
+            d.extend(1500u32.to_be_bytes()); // octets
+            d.extend(100u32.to_be_bytes());
+            d.extend(200u32.to_be_bytes());
+            d.extend((40000 + i).to_be_bytes());
+            d.extend(443u16.to_be_bytes());
+            d.extend([0, 0x18, 6, 0]); // pad, flags, proto, tos
+            d.extend([0, 0, 0, 0, 24, 24, 0, 0]); // as, masks, pad
+        }
+        d
+    }
+
+    #[test]
+    fn v5_flows_and_sequence_gaps_and_restarts() {
+        let mut decoder = FlowDecoder::default();
+        let router: SocketAddr = "192.0.2.1:2055".parse().unwrap();
+        let (d, s) = decoder.decode(router, &v5(2, 100));
+        assert_eq!(d.parse_error, None, "{:?}", d.fields);
+        assert_eq!(d.fields["version"], 5);
+        assert_eq!(d.fields["count"], 2);
+        let flow = &d.fields["flows"][1];
+        assert_eq!(flow["src_addr"], "192.0.2.10");
+        assert_eq!(flow["dst_port"], 443);
+        assert_eq!(flow["src_port"], 40001);
+        assert_eq!(flow["protocol"], 6);
+        assert_eq!(s, Sequence::default());
+        assert_eq!(decoder.decode(router, &v5(3, 102)).1, Sequence::default(), "102 follows 100+2");
+        let (d, s) = decoder.decode(router, &v5(1, 110)).clone();
+        assert_eq!(s.lost, 5, "105..=109 missing");
+        assert_eq!(d.fields["sequence_gap"], 5);
+        let (_, s) = decoder.decode(router, &v5(1, 3));
+        assert!(s.restarted && s.lost == 0, "a reset counter is a restart, not loss");
+        // Another router has its own sequence.
+        let other: SocketAddr = "192.0.2.2:2055".parse().unwrap();
+        assert_eq!(decoder.decode(other, &v5(1, 9000)).1, Sequence::default());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_and_mutated_datagrams_never_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flip in 0usize..120, byte in proptest::num::u8::ANY, cut in 0usize..120,
+        ) {
+            let mut decoder = FlowDecoder::default();
+            let exporter: SocketAddr = "192.0.2.1:2055".parse().unwrap();
+            let _ = decoder.decode(exporter, &bytes);
+            let mut d = v5(2, 7);
+            if flip < d.len() { d[flip] = byte; }
+            d.truncate(cut.min(d.len()));
+            let _ = decoder.decode(exporter, &d);
+            let mut v9 = vec![0u8, 9];
+            v9.extend(&bytes);
+            let _ = decoder.decode(exporter, &v9);
+            let mut ipfix = vec![0u8, 10];
+            ipfix.extend(&bytes);
+            let _ = decoder.decode(exporter, &ipfix);
+        }
+    }
+}
