@@ -60,7 +60,9 @@ impl FlowDecoder {
         if let Some(&expected) = self.expected.get(&key) {
             let ahead = sequence.wrapping_sub(expected);
             if ahead != 0 {
-                if ahead < (1 << 31) && ahead < 1 << 24 {
+                // Up to 16 M behind the expected number is loss; further
+                // (or backwards, which wraps to a huge value) is a restart.
+                if ahead < 1 << 24 {
                     out.lost = u64::from(ahead);
                 } else {
                     out.restarted = true;
