@@ -28,6 +28,8 @@ enum Command {
     Run(RunArgs),
     /// Print captured records as JSON lines (a diagnostic, like tcpdump).
     Tap(tap::TapArgs),
+    /// Decode captures (pcap/pcapng) or raw payloads to JSON lines, offline.
+    Decode(raven_agent::decode::cli::DecodeArgs),
     /// Look into the store: ls, cat, verify, stats.
     Segments(raven_agent::store::cli::SegmentsArgs),
     /// Store maintenance: rebuild-index, load.
@@ -91,6 +93,7 @@ fn main() -> anyhow::Result<()> {
                 pipeline::run(args.config, overrides).await
             }
             Command::Tap(args) => tap::run(args).await,
+            Command::Decode(args) => raven_agent::decode::cli::run(args),
             Command::Segments(args) => raven_agent::store::cli::segments(args),
             Command::Store(args) => raven_agent::store::cli::store(args),
             Command::Replay(args) => raven_agent::api::client::replay(args),

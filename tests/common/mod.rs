@@ -365,39 +365,12 @@ pub fn receive_all(socket: &UdpSocket, n: usize, timeout: Duration) -> Vec<Vec<u
 pub fn shared_capture(relative: &str) -> Vec<(u16, Vec<u8>)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(relative);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = Vec::new();
-    let mut push = |link: pcap_file::DataLink, data: &[u8]| {
-        let parsed = match link {
-            pcap_file::DataLink::ETHERNET => etherparse::SlicedPacket::from_ethernet(data).ok(),
-            pcap_file::DataLink::LINUX_SLL => etherparse::SlicedPacket::from_linux_sll(data).ok(),
-            _ => etherparse::SlicedPacket::from_ip(data).ok(),
-        };
-        if let Some(packet) = parsed
-            && let Some(etherparse::TransportSlice::Udp(udp)) = packet.transport
-        {
-            out.push((udp.destination_port(), udp.payload().to_vec()));
-        }
-    };
-    if let Ok(mut reader) = pcap_file::pcap::PcapReader::new(&bytes[..]) {
-        let link = reader.header().datalink;
-        while let Some(Ok(packet)) = reader.next_packet() {
-            push(link, &packet.data);
-        }
-    } else {
-        let mut reader = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).expect("pcap or pcapng");
-        let mut links = Vec::new();
-        while let Some(Ok(block)) = reader.next_block() {
-            match block {
-                pcap_file::pcapng::Block::InterfaceDescription(idb) => links.push(idb.linktype),
-                pcap_file::pcapng::Block::EnhancedPacket(epb) => {
-                    let link = links[epb.interface_id as usize];
-                    push(link, &epb.data);
-                }
-                _ => {}
-            }
-        }
-    }
-    out
+    raven_agent::decode::capture_file::read(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .datagrams
+        .into_iter()
+        .map(|d| (d.dst.port(), d.payload.to_vec()))
+        .collect()
 }
 
 /// Sends raw Ethernet frames out of `ifname` in `ns` (AF_PACKET), for frames

@@ -17,6 +17,8 @@
 //! kept raw for now (`raw_only` in the metrics), which loses nothing: the
 //! bytes are stored and forwarded as received.
 
+pub mod capture_file;
+pub mod cli;
 pub mod flow;
 pub mod snmp;
 pub mod syslog;

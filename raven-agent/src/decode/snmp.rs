@@ -83,6 +83,22 @@ pub fn classify(message: &[u8]) -> Option<Message> {
     Some(Message::Community { version, pdu_tag, pdu_at })
 }
 
+/// The version from the first bytes (`SEQUENCE { INTEGER version … }`),
+/// without requiring the rest to be complete.
+fn header_version(payload: &[u8]) -> Option<&'static str> {
+    if *payload.first()? != 0x30 {
+        return None;
+    }
+    let len_byte = *payload.get(1)?;
+    let at = if len_byte < 0x80 { 2 } else { 2 + usize::from(len_byte & 0x7f) };
+    match payload.get(at..at + 3)? {
+        [0x02, 0x01, 0] => Some("1"),
+        [0x02, 0x01, 1] => Some("2c"),
+        [0x02, 0x01, 3] => Some("3"),
+        _ => None,
+    }
+}
+
 const SYS_UPTIME: &str = "1.3.6.1.2.1.1.3.0";
 const SNMP_TRAP_OID: &str = "1.3.6.1.6.3.1.1.4.1.0";
 
@@ -254,7 +270,14 @@ pub fn decode(payload: &[u8]) -> Decoded {
         }
         // The error type never carries the community (snmp-parser reports
         // BER positions and kinds only).
-        Err(e) => Some(ParseError::new("bad_ber", format!("not an SNMP message: {e:?}"))),
+        Err(e) => {
+            // What the header still says, read leniently (a message cut
+            // short, or a value the parser is too strict about).
+            if let Some(version) = header_version(payload) {
+                fields.insert("version".into(), json!(version));
+            }
+            Some(ParseError::new("bad_ber", format!("not fully parsed: {e:?}")))
+        }
     };
     Decoded { fields, parse_error, reply }
 }

@@ -23,6 +23,15 @@ use syslog_loose::{ProcId, Protocol, Variant};
 
 use super::{Decoded, ParseError};
 
+/// RFC 5424 facility and severity names (as `syslog_loose` spells them).
+const FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clockd", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+const SEVERITIES: [&str; 8] =
+    ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+
 /// Decodes syslog payloads; `default_offset` applies to timestamps that
 /// carry no zone (RFC 3164).
 #[derive(Clone, Debug)]
@@ -203,9 +212,25 @@ impl SyslogDecoder {
                 fields.insert("message".into(), json!(strip_bom(m.msg)));
             }
             Err(_) => {
-                fields.insert("message".into(), json!(text));
+                // The header is not RFC 5424 or 3164, but a valid PRI still
+                // says facility and severity (as tshark and rsyslog read it).
+                let mut message = text;
+                if let Some((pri, rest)) = text
+                    .strip_prefix('<')
+                    .and_then(|t| t.split_once('>'))
+                    .and_then(|(n, rest)| Some((n.parse::<u8>().ok()?, rest)))
+                    .filter(|(pri, _)| *pri <= 191)
+                {
+                    let (facility, severity) = (pri >> 3, pri & 7);
+                    fields.insert("facility".into(), json!(FACILITIES[usize::from(facility)]));
+                    fields.insert("facility_code".into(), json!(facility));
+                    fields.insert("severity".into(), json!(SEVERITIES[usize::from(severity)]));
+                    fields.insert("severity_code".into(), json!(severity));
+                    message = rest;
+                }
+                fields.insert("message".into(), json!(message));
                 parse_error.get_or_insert_with(|| {
-                    ParseError::new("unparsed", "neither RFC 5424 nor RFC 3164")
+                    ParseError::new("unparsed", "neither RFC 5424 nor RFC 3164 after the PRI")
                 });
             }
         }
