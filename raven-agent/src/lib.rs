@@ -11,3 +11,4 @@ pub mod pipeline;
 pub mod privilege;
 pub mod record;
 pub mod tap;
+pub mod vpn;

@@ -28,6 +28,8 @@ enum Command {
     Run(RunArgs),
     /// Print captured records as JSON lines (a diagnostic, like tcpdump).
     Tap(tap::TapArgs),
+    /// OpenVPN profiles and supervision.
+    Vpn(raven_agent::vpn::cli::VpnArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,6 +81,8 @@ fn main() -> anyhow::Result<()> {
                 pipeline::run(args.config, overrides).await
             }
             Command::Tap(args) => tap::run(args).await,
+            Command::Vpn(args) => raven_agent::vpn::cli::run(&args, &mut std::io::stdout())
+                .map_err(anyhow::Error::from),
         }
     })
 }

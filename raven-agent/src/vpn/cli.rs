@@ -1,0 +1,134 @@
+//! `raven-agent vpn ...`: profile management from the command line.
+//!
+//! # Invariants
+//! - The CLI calls the same library functions as the API; it adds only argument
+//!   parsing and printing. A refused profile exits non-zero with the reason.
+//!
+//! # Operations
+//! `vpn profiles list | import FILE --name N [--priority P] | validate FILE |
+//! remove N | priority N P | activate N`.
+
+use std::{io::Write, path::PathBuf};
+
+use super::{
+    VpnError,
+    profile::{ProfilePolicy, ProfileStore, ValidationReport, validate_text},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct VpnArgs {
+    /// The agent's data directory (profiles live in `<data-dir>/vpn/profiles`).
+    #[arg(long, default_value = "/var/lib/raven", global = true)]
+    pub data_dir: PathBuf,
+    /// Allow profiles that run scripts (`up`, `down`, `script-security 2`, ...).
+    #[arg(long, global = true)]
+    pub allow_scripts: bool,
+    /// Warn when a certificate expires within this many days.
+    #[arg(long, default_value_t = 30, global = true)]
+    pub expiry_warning_days: u32,
+    #[command(subcommand)]
+    pub command: VpnCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum VpnCommand {
+    /// Manage OpenVPN profiles.
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ProfilesCommand {
+    /// List the stored profiles, preferred first.
+    List,
+    /// Validate and store a `.ovpn` file.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Lower is preferred.
+        #[arg(long, default_value_t = 100)]
+        priority: u32,
+    },
+    /// Validate a `.ovpn` file without storing it.
+    Validate { file: PathBuf },
+    /// Remove a stored profile.
+    Remove { name: String },
+    /// Change a stored profile's priority (lower is preferred).
+    Priority { name: String, priority: u32 },
+    /// Make a stored profile the one the supervisor tries first.
+    Activate { name: String },
+}
+
+fn print_report(out: &mut impl Write, report: &ValidationReport) -> std::io::Result<()> {
+    writeln!(out, "client certificate: {}", report.client_subject)?;
+    writeln!(out, "remotes: {}", report.remotes.join(", "))?;
+    for warning in &report.warnings {
+        writeln!(out, "warning: {warning}")?;
+    }
+    Ok(())
+}
+
+fn read_profile(file: &PathBuf) -> Result<String, VpnError> {
+    std::fs::read_to_string(file).map_err(VpnError::io(file))
+}
+
+/// Runs a `vpn` subcommand, printing to `out`.
+pub fn run(args: &VpnArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let policy = ProfilePolicy {
+        allow_scripts: args.allow_scripts,
+        expiry_warning_days: args.expiry_warning_days,
+    };
+    match &args.command {
+        VpnCommand::Profiles(command) => match command {
+            ProfilesCommand::List => {
+                let store = ProfileStore::open(&args.data_dir)?;
+                let active = store.active()?;
+                writeln!(out, "{:<24} {:>8}  {:<6} imported_at", "name", "priority", "active")?;
+                for meta in store.list()? {
+                    let mark =
+                        if active.as_deref() == Some(meta.name.as_str()) { "yes" } else { "" };
+                    writeln!(
+                        out,
+                        "{:<24} {:>8}  {:<6} {}",
+                        meta.name, meta.priority, mark, meta.imported_at
+                    )?;
+                }
+            }
+            ProfilesCommand::Import { file, name, priority } => {
+                let text = read_profile(file)?;
+                let store = ProfileStore::open(&args.data_dir)?;
+                let (meta, report) = store.import(name, &text, *priority, &policy)?;
+                writeln!(out, "imported profile {} (priority {})", meta.name, meta.priority)?;
+                print_report(out, &report)?;
+            }
+            ProfilesCommand::Validate { file } => {
+                let text = read_profile(file)?;
+                let (_, report) = validate_text(&text, &policy)?;
+                writeln!(out, "profile is valid")?;
+                print_report(out, &report)?;
+            }
+            ProfilesCommand::Remove { name } => {
+                ProfileStore::open(&args.data_dir)?.remove(name)?;
+                writeln!(out, "removed profile {name}")?;
+            }
+            ProfilesCommand::Priority { name, priority } => {
+                let meta = ProfileStore::open(&args.data_dir)?.set_priority(name, *priority)?;
+                writeln!(out, "profile {} now has priority {}", meta.name, meta.priority)?;
+            }
+            ProfilesCommand::Activate { name } => {
+                ProfileStore::open(&args.data_dir)?.activate(name)?;
+                writeln!(out, "profile {name} is active")?;
+            }
+        },
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Vpn(#[from] VpnError),
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}

@@ -1,0 +1,57 @@
+//! VPN supervision: OpenVPN profiles, the management-interface protocol, the
+//! supervised `openvpn` child and the link health it reports.
+//!
+//! # Invariants
+//! - A profile is stored only after it parsed against the directive allow-list
+//!   and its certificates validated; the stored `profile.ovpn` holds private key
+//!   material and is written with mode 0600 inside a 0700 directory.
+//! - The management socket lives in a 0700 directory owned by the agent; only the
+//!   agent talks to OpenVPN's management interface.
+//! - Every `>HOLD:` from OpenVPN is answered with `hold release` (OpenVPN holds again
+//!   after its own SIGUSR1 restarts).
+//! - "Healthy" (the forwarder's gate) is true only while the tunnel is CONNECTED
+//!   and the application probes through it succeed.
+//!
+//! # Protocol
+//! OpenVPN's management interface is a line protocol over a unix socket:
+//! real-time notifications start with `>` (`>STATE:`, `>HOLD:`, `>BYTECOUNT:`,
+//! `>INFO:`, `>LOG:`), command replies start with `SUCCESS:` or `ERROR:`.
+//! See [`management`].
+//!
+//! # Operations
+//! - [`profile`]: import / validate / list / remove / set priority / activate.
+//! - [`cli`]: `raven-agent vpn profiles ...`.
+
+pub mod cli;
+pub mod management;
+pub mod profile;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in VPN supervision.
+#[derive(Debug, thiserror::Error)]
+pub enum VpnError {
+    #[error("profile line {line}: {reason}")]
+    Directive { line: usize, reason: String },
+    #[error("profile certificate problem: {0}")]
+    Certificate(String),
+    #[error("profile {0:?} does not exist")]
+    NoSuchProfile(String),
+    #[error("profile {0:?} already exists")]
+    ProfileExists(String),
+    #[error("invalid profile name {0:?}: use letters, digits, '-', '_' and '.' (1-64 characters)")]
+    BadName(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("management interface: {0}")]
+    Management(String),
+}
+
+impl VpnError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> VpnError {
+        let path = path.into();
+        move |source| VpnError::Io { path, source }
+    }
+}
