@@ -26,6 +26,12 @@ pub mod cli;
 pub mod management;
 pub mod profile;
 
+/// The test PKI shared with `tests/vpn.rs`.
+#[cfg(test)]
+#[path = "../../../tests/common/pki.rs"]
+#[allow(dead_code)]
+mod test_pki;
+
 use std::path::PathBuf;
 
 /// Everything that can go wrong in VPN supervision.

@@ -888,4 +888,109 @@ mod tests {
         }
         assert!(check_name("noc-primary_1.v2").is_ok());
     }
+
+    use crate::vpn::test_pki as pki;
+
+    fn certificate_error(text: &str) -> String {
+        match validate_text(text, &ProfilePolicy::default()) {
+            Err(VpnError::Certificate(reason)) => reason,
+            other => panic!("expected a certificate error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validates_certificates_and_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = pki::Pki::generate(tmp.path());
+        let (_, report) =
+            validate_text(&pki.client_profile("198.18.0.1", 1194), &ProfilePolicy::default())
+                .unwrap();
+        assert!(report.client_subject.contains("raven-appliance"), "{report:?}");
+        assert_eq!(report.remotes, vec!["198.18.0.1:1194"]);
+        assert!(report.warnings.is_empty(), "{report:?}");
+
+        // Expiring within the warning window: a warning, not a refusal.
+        let policy = ProfilePolicy { expiry_warning_days: 90, ..Default::default() };
+        let (_, report) = validate_text(&pki.client_profile("198.18.0.1", 1194), &policy).unwrap();
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("client certificate") && w.contains("expires in")),
+            "{report:?}"
+        );
+
+        let expired =
+            pki.client_profile_with("198.18.0.1", 1194, &pki.expired_cert, &pki.expired_key, "");
+        assert!(certificate_error(&expired).contains("expired on"));
+
+        let mismatched =
+            pki.client_profile_with("198.18.0.1", 1194, &pki.client_cert, &pki.stray_key, "");
+        assert!(certificate_error(&mismatched).contains("does not match the client certificate"));
+
+        let foreign =
+            pki.client_profile_with("198.18.0.1", 1194, &pki.foreign_cert, &pki.foreign_key, "");
+        assert!(certificate_error(&foreign).contains("not signed by the profile's CA"));
+
+        // Not valid yet: validate as of 2019.
+        let early = validate_text_at(
+            &pki.client_profile("198.18.0.1", 1194),
+            &ProfilePolicy::default(),
+            1_550_000_000,
+        );
+        assert!(
+            matches!(early, Err(VpnError::Certificate(ref r)) if r.contains("not valid before")),
+            "{early:?}"
+        );
+
+        let garbage = pki.client_profile_with(
+            "198.18.0.1",
+            1194,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            &pki.client_key,
+            "",
+        );
+        assert!(matches!(
+            validate_text(&garbage, &ProfilePolicy::default()),
+            Err(VpnError::Certificate(_))
+        ));
+    }
+
+    #[test]
+    fn store_imports_lists_prioritises_activates_and_removes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = pki::Pki::generate(&tmp.path().join("pki"));
+        let data = tmp.path().join("data");
+        let store = ProfileStore::open(&data).unwrap();
+        let policy = ProfilePolicy::default();
+        store.import("primary", &pki.client_profile("198.18.0.1", 1194), 10, &policy).unwrap();
+        store.import("backup", &pki.client_profile("198.18.0.5", 1194), 20, &policy).unwrap();
+        assert!(matches!(
+            store.import("backup", &pki.client_profile("198.18.0.5", 1194), 20, &policy),
+            Err(VpnError::ProfileExists(_))
+        ));
+        let bad = format!("{}script-security 2\n", pki.client_profile("198.18.0.9", 1194));
+        assert!(matches!(store.import("bad", &bad, 1, &policy), Err(VpnError::Directive { .. })));
+        assert!(!data.join("vpn/profiles/bad").exists(), "a refused profile leaves nothing behind");
+
+        let file = data.join("vpn/profiles/primary/profile.ovpn");
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+
+        let names = |list: Vec<ProfileMeta>| list.into_iter().map(|m| m.name).collect::<Vec<_>>();
+        assert_eq!(names(store.list().unwrap()), ["primary", "backup"]);
+        store.set_priority("backup", 5).unwrap();
+        assert_eq!(names(store.list().unwrap()), ["backup", "primary"]);
+        store.activate("primary").unwrap();
+        assert_eq!(names(store.failover_order().unwrap()), ["primary", "backup"]);
+        assert!(store.validate("primary", &policy).is_ok());
+        store.remove("primary").unwrap();
+        assert_eq!(store.active().unwrap(), None);
+        assert_eq!(names(store.list().unwrap()), ["backup"]);
+        assert!(matches!(store.remove("primary"), Err(VpnError::NoSuchProfile(_))));
+        assert!(matches!(store.set_priority("nope", 1), Err(VpnError::NoSuchProfile(_))));
+    }
 }
