@@ -23,6 +23,7 @@
 //! - [`cli`]: `raven-agent vpn profiles ...`.
 
 pub mod cli;
+pub mod health;
 pub mod management;
 pub mod profile;
 
@@ -53,6 +54,18 @@ pub enum VpnError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("management interface: {0}")]
     Management(String),
+    #[error("health history: {0}")]
+    History(String),
+    #[error("starting {binary}: {source}")]
+    Spawn { binary: String, source: std::io::Error },
+}
+
+/// Seconds since the Unix epoch, with fractions.
+pub(crate) fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl VpnError {
