@@ -26,6 +26,9 @@ pub mod cli;
 pub mod health;
 pub mod management;
 pub mod profile;
+pub mod supervisor;
+
+pub use supervisor::{Supervisor, SupervisorHandle};
 
 /// The test PKI shared with `tests/vpn.rs`.
 #[cfg(test)]
@@ -34,6 +37,58 @@ pub mod profile;
 mod test_pki;
 
 use std::path::PathBuf;
+
+use serde::Serialize;
+
+use self::{
+    health::{Health, HealthState, ProbeResult},
+    management::TunnelState,
+};
+
+/// What the supervisor reports (API `GET /api/vpn/status`, status page, CLI).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct VpnStatus {
+    pub state: TunnelState,
+    /// OpenVPN's reason for the state (e.g. `SUCCESS`, `ping-restart`).
+    pub description: String,
+    /// The profile in use.
+    pub profile: Option<String>,
+    /// The appliance's address inside the tunnel, while it has one.
+    pub tunnel_address: Option<String>,
+    /// When `state` was entered, seconds since the Unix epoch.
+    pub since: f64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub health: Health,
+    /// The last probe round.
+    pub probes: Vec<ProbeResult>,
+    /// The openvpn child's process id, while it runs.
+    pub pid: Option<u32>,
+    pub reconnects: u64,
+    pub failovers: u64,
+}
+
+impl VpnStatus {
+    pub fn stopped() -> VpnStatus {
+        VpnStatus {
+            state: TunnelState::Stopped,
+            description: String::new(),
+            profile: None,
+            tunnel_address: None,
+            since: now_secs(),
+            bytes_in: 0,
+            bytes_out: 0,
+            health: Health {
+                state: HealthState::Down,
+                reasons: vec!["openvpn is not running".into()],
+            },
+            probes: Vec::new(),
+            pid: None,
+            reconnects: 0,
+            failovers: 0,
+        }
+    }
+}
 
 /// Everything that can go wrong in VPN supervision.
 #[derive(Debug, thiserror::Error)]
