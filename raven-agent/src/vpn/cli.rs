@@ -35,6 +35,14 @@ pub enum VpnCommand {
     /// Manage OpenVPN profiles.
     #[command(subcommand)]
     Profiles(ProfilesCommand),
+    /// Supervise the VPN alone (no capture), printing each status as a JSON line;
+    /// SIGTERM or SIGINT stops openvpn cleanly.
+    Run {
+        /// The agent configuration file; its `[vpn]` section is used (with
+        /// `enabled` ignored).
+        #[arg(long, short = 'c', default_value = "/etc/raven/raven.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -74,12 +82,16 @@ fn read_profile(file: &PathBuf) -> Result<String, VpnError> {
 }
 
 /// Runs a `vpn` subcommand, printing to `out`.
-pub fn run(args: &VpnArgs, out: &mut impl Write) -> Result<(), CliError> {
+pub async fn run(args: &VpnArgs, out: &mut (impl Write + Send)) -> Result<(), CliError> {
     let policy = ProfilePolicy {
         allow_scripts: args.allow_scripts,
         expiry_warning_days: args.expiry_warning_days,
     };
     match &args.command {
+        VpnCommand::Run { config } => {
+            let config = crate::config::Config::load(config)?;
+            supervise(config.vpn, &args.data_dir, out).await?;
+        }
         VpnCommand::Profiles(command) => match command {
             ProfilesCommand::List => {
                 let store = ProfileStore::open(&args.data_dir)?;
@@ -125,8 +137,36 @@ pub fn run(args: &VpnArgs, out: &mut impl Write) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Runs the supervisor until SIGTERM/SIGINT, printing every status change.
+async fn supervise(
+    config: crate::config::VpnConfig,
+    data_dir: &std::path::Path,
+    out: &mut (impl Write + Send),
+) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let handle = super::Supervisor::start(config, data_dir)?;
+    let mut status = handle.status();
+    loop {
+        let json = serde_json::to_string(&*status.borrow_and_update()).unwrap_or_default();
+        writeln!(out, "{json}")?;
+        out.flush()?;
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { break },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    handle.stop().await;
+    writeln!(out, "{}", serde_json::to_string(&super::VpnStatus::stopped()).unwrap_or_default())?;
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Vpn(#[from] VpnError),
     #[error("writing output: {0}")]
