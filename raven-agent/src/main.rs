@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Tap(args) => tap::run(args).await,
             Command::Vpn(args) => raven_agent::vpn::cli::run(&args, &mut std::io::stdout())
+                .await
                 .map_err(anyhow::Error::from),
         }
     })
