@@ -1,5 +1,6 @@
 //! A throw-away PKI made with the `openssl` CLI at test time, and client profile
 //! text built from it. Shared by the VPN unit tests (`#[path]`) and `tests/vpn.rs`.
+#![allow(dead_code)] // each user takes a different part
 
 use std::{
     path::{Path, PathBuf},
