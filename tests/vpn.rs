@@ -42,7 +42,20 @@ fn lab(subnet: u8) -> Lab {
     let noc = Netns::new("vnoc");
     let appliance = Netns::new("vapp");
     let (a, n) = (unique("va"), unique("vn"));
-    common::ip(&["link", "add", &a, "netns", &appliance.name, "type", "veth", "peer", "name", &n, "netns", &noc.name]);
+    common::ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &appliance.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &n,
+        "netns",
+        &noc.name,
+    ]);
     let noc_address = format!("198.18.{subnet}.1");
     appliance.ip(&["addr", "add", &format!("198.18.{subnet}.2/24"), "dev", &a]);
     noc.ip(&["addr", "add", &format!("{noc_address}/24"), "dev", &n]);
@@ -133,10 +146,10 @@ impl Supervised {
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(value) = serde_json::from_str::<Value>(&line) {
-                    if tx.send(value).is_err() {
-                        break;
-                    }
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && tx.send(value).is_err()
+                {
+                    break;
                 }
             }
         });
@@ -216,7 +229,8 @@ fn import_ok(data_dir: &Path, name: &str, text: &str, priority: u32) {
 }
 
 fn nft(ns: &Netns, script: &str) {
-    let mut child = ns.command("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("running nft");
+    let mut child =
+        ns.command("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("running nft");
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "nft -f failed for:\n{script}");
@@ -247,7 +261,9 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
          chain in { type filter hook input priority 0; udp sport 1194 drop; }\n}\n",
     );
     let cut_at = Instant::now();
-    let down = agent.wait_for("health down after the cut", Duration::from_secs(5), |s| s["health"]["state"] == "down");
+    let down = agent.wait_for("health down after the cut", Duration::from_secs(5), |s| {
+        s["health"]["state"] == "down"
+    });
     assert_eq!(down["state"], "CONNECTED", "the probes saw the cut before OpenVPN did: {down}");
     assert!(cut_at.elapsed() < Duration::from_secs(3), "seen after {:?}", cut_at.elapsed());
     let reasons = down["health"]["reasons"].to_string();
@@ -256,7 +272,10 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
     agent.wait_healthy("primary", Duration::from_secs(10));
 
     // One-way cut: only outgoing tunnel packets are lost.
-    nft(&lab.appliance, "table inet oneway {\n chain out { type filter hook output priority 0; udp dport 1194 drop; }\n}\n");
+    nft(
+        &lab.appliance,
+        "table inet oneway {\n chain out { type filter hook output priority 0; udp dport 1194 drop; }\n}\n",
+    );
     let down = agent.wait_for("health down after a one-way cut", Duration::from_secs(5), |s| {
         s["health"]["state"] == "down"
     });
@@ -267,10 +286,20 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
     // OpenVPN's own restart (SIGUSR1) holds again; the supervisor releases it.
     // SAFETY: plain kill(2) on the openvpn client's pid.
     unsafe { libc::kill(openvpn_pid as i32, libc::SIGUSR1) };
-    agent.wait_for("the tunnel leaving CONNECTED after SIGUSR1", Duration::from_secs(5), |s| s["state"] != "CONNECTED");
+    agent.wait_for("the tunnel leaving CONNECTED after SIGUSR1", Duration::from_secs(5), |s| {
+        s["state"] != "CONNECTED"
+    });
     let status = agent.wait_healthy("primary", Duration::from_secs(30));
-    assert_eq!(status["pid"].as_u64(), Some(openvpn_pid), "the same child restarted itself: {status}");
-    assert!(agent.log_text().matches("releasing openvpn's hold").count() >= 2, "{}", agent.log_text());
+    assert_eq!(
+        status["pid"].as_u64(),
+        Some(openvpn_pid),
+        "the same child restarted itself: {status}"
+    );
+    assert!(
+        agent.log_text().matches("releasing openvpn's hold").count() >= 2,
+        "{}",
+        agent.log_text()
+    );
 
     // Bad profiles are refused with a clear message; the tunnel keeps running.
     let client = pki.client_profile(&lab.noc_address, 1194);
@@ -278,7 +307,13 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
         ("unknown", format!("frobnicate yes\n{client}"), "line 1: unknown directive 'frobnicate'"),
         (
             "expired",
-            pki.client_profile_with(&lab.noc_address, 1194, &pki.expired_cert, &pki.expired_key, ""),
+            pki.client_profile_with(
+                &lab.noc_address,
+                1194,
+                &pki.expired_cert,
+                &pki.expired_key,
+                "",
+            ),
             "expired on",
         ),
         (
@@ -295,7 +330,11 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!data.join("vpn/profiles").join(name).exists(), "{name} left files behind");
     }
-    let list = Command::new(AGENT).args(["vpn", "profiles", "list", "--data-dir"]).arg(&data).output().unwrap();
+    let list = Command::new(AGENT)
+        .args(["vpn", "profiles", "list", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains("primary") && !list.contains("mismatched"), "{list}");
     thread::sleep(Duration::from_secs(2));
@@ -306,7 +345,8 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
     assert_eq!(agent.last["pid"].as_u64(), Some(openvpn_pid), "{}", agent.last);
 
     // The last good profile is persisted.
-    let state: Value = serde_json::from_slice(&std::fs::read(data.join("vpn/state.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(data.join("vpn/state.json")).unwrap()).unwrap();
     assert_eq!(state["last_good_profile"], "primary");
     let history = rusqlite_count(&data.join("vpn/health.db"));
     assert!(history > 0, "health samples are recorded");
@@ -322,7 +362,10 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
         assert!(started.elapsed() < Duration::from_secs(10), "the agent did not stop");
         thread::sleep(Duration::from_millis(50));
     }
-    assert!(!Path::new(&format!("/proc/{openvpn_pid}")).exists(), "openvpn still runs after the agent stopped");
+    assert!(
+        !Path::new(&format!("/proc/{openvpn_pid}")).exists(),
+        "openvpn still runs after the agent stopped"
+    );
 }
 
 fn rusqlite_count(path: &Path) -> i64 {

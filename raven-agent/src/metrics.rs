@@ -534,110 +534,6 @@ impl InternalEvent for ForwardBacklogSampled<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::{path::Path, process::Command};
-
-    fn metric_names() -> Vec<&'static str> {
-        include_str!("metrics.rs")
-            .split('"')
-            .filter(|s| {
-                s.len() > "raven_".len()
-                    && s.starts_with("raven_")
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            })
-            .collect()
-    }
-
-    /// The alert rules parse, their unit tests pass (promtool, Debian
-    /// package `prometheus`), and every Raven metric they use exists.
-    #[test]
-    fn alert_rules_pass_promtool_and_use_real_metrics() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/prometheus");
-        for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
-            let out = Command::new("promtool")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("promtool (Debian package prometheus)");
-            assert!(
-                out.status.success(),
-                "promtool {args:?}:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let known = metric_names();
-        let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
-        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("raven_") {
-                assert!(known.contains(&word), "alerts.yml uses unknown metric {word}");
-            }
-        }
-    }
-
-    /// The Grafana dashboard is valid JSON, every query is valid PromQL
-    /// (promtool checks them as recording rules, Grafana's variables filled
-    /// in) and uses only metrics Raven exports.
-    #[test]
-    fn grafana_dashboard_queries_are_valid_and_use_real_metrics() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/raven.json");
-        let dashboard: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let exprs: Vec<String> = dashboard["panels"]
-            .as_array()
-            .expect("panels")
-            .iter()
-            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-            .map(|t| t["expr"].as_str().expect("every target has an expr").to_string())
-            .collect();
-        assert!(exprs.len() >= 10, "{exprs:?}");
-        let known = metric_names();
-        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
-        for (i, expr) in exprs.iter().enumerate() {
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if word.starts_with("raven_") {
-                    let base = ["_bucket", "_sum", "_count"]
-                        .iter()
-                        .find_map(|suffix| word.strip_suffix(suffix))
-                        .filter(|base| known.contains(base))
-                        .unwrap_or(word);
-                    assert!(known.contains(&base), "the dashboard uses unknown metric {word}");
-                }
-            }
-            let promql = expr.replace("$__rate_interval", "5m").replace("$instance", ".*");
-            rules.push_str(&format!(
-                "      - record: dashboard:query{i}\n        expr: {}\n",
-                serde_json::to_string(&promql).unwrap()
-            ));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
-        let out = Command::new("promtool")
-            .args(["check", "rules", "dashboard.yml"])
-            .current_dir(dir.path())
-            .output()
-            .expect("promtool (Debian package prometheus)");
-        assert!(
-            out.status.success(),
-            "promtool:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    #[test]
-    fn every_metric_is_documented() {
-        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let doc = std::fs::read_to_string(manifest.join("../docs/metrics.md")).unwrap();
-        let names = metric_names();
-        assert!(names.len() >= 10, "found {names:?}");
-        let missing: Vec<_> =
-            names.iter().filter(|n| !doc.contains(&format!("| `{n}` |"))).collect();
-        assert!(missing.is_empty(), "metrics without a row in docs/metrics.md: {missing:?}");
-    }
-}
-
 // --- vpn (issue 7) ---
 
 struct VpnMetrics {
@@ -779,5 +675,109 @@ impl InternalEvent for VpnBytes {
         let m = &metrics().vpn;
         m.bytes.with_label_values(&["in"]).inc_by(self.bytes_in);
         m.bytes.with_label_values(&["out"]).inc_by(self.bytes_out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, process::Command};
+
+    fn metric_names() -> Vec<&'static str> {
+        include_str!("metrics.rs")
+            .split('"')
+            .filter(|s| {
+                s.len() > "raven_".len()
+                    && s.starts_with("raven_")
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .collect()
+    }
+
+    /// The alert rules parse, their unit tests pass (promtool, Debian
+    /// package `prometheus`), and every Raven metric they use exists.
+    #[test]
+    fn alert_rules_pass_promtool_and_use_real_metrics() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/prometheus");
+        for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]] {
+            let out = Command::new("promtool")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("promtool (Debian package prometheus)");
+            assert!(
+                out.status.success(),
+                "promtool {args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let known = metric_names();
+        let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("raven_") {
+                assert!(known.contains(&word), "alerts.yml uses unknown metric {word}");
+            }
+        }
+    }
+
+    /// The Grafana dashboard is valid JSON, every query is valid PromQL
+    /// (promtool checks them as recording rules, Grafana's variables filled
+    /// in) and uses only metrics Raven exports.
+    #[test]
+    fn grafana_dashboard_queries_are_valid_and_use_real_metrics() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/raven.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let exprs: Vec<String> = dashboard["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+            .map(|t| t["expr"].as_str().expect("every target has an expr").to_string())
+            .collect();
+        assert!(exprs.len() >= 10, "{exprs:?}");
+        let known = metric_names();
+        let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+        for (i, expr) in exprs.iter().enumerate() {
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("raven_") {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| word.strip_suffix(suffix))
+                        .filter(|base| known.contains(base))
+                        .unwrap_or(word);
+                    assert!(known.contains(&base), "the dashboard uses unknown metric {word}");
+                }
+            }
+            let promql = expr.replace("$__rate_interval", "5m").replace("$instance", ".*");
+            rules.push_str(&format!(
+                "      - record: dashboard:query{i}\n        expr: {}\n",
+                serde_json::to_string(&promql).unwrap()
+            ));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dashboard.yml"), rules).unwrap();
+        let out = Command::new("promtool")
+            .args(["check", "rules", "dashboard.yml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("promtool (Debian package prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(manifest.join("../docs/metrics.md")).unwrap();
+        let names = metric_names();
+        assert!(names.len() >= 10, "found {names:?}");
+        let missing: Vec<_> =
+            names.iter().filter(|n| !doc.contains(&format!("| `{n}` |"))).collect();
+        assert!(missing.is_empty(), "metrics without a row in docs/metrics.md: {missing:?}");
     }
 }

@@ -33,7 +33,6 @@ pub use supervisor::{Supervisor, SupervisorHandle};
 /// The test PKI shared with `tests/vpn.rs`.
 #[cfg(test)]
 #[path = "../../../tests/common/pki.rs"]
-#[allow(dead_code)]
 mod test_pki;
 
 use std::path::PathBuf;

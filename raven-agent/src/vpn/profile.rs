@@ -397,10 +397,8 @@ fn check_directive(
                 ));
             }
         }
-        "dev" => {
-            if !args.first().is_some_and(|d| d.starts_with("tun") || d.starts_with("tap")) {
-                return Err(directive_error(line, "dev must be tun or tap"));
-            }
+        "dev" if !args.first().is_some_and(|d| d.starts_with("tun") || d.starts_with("tap")) => {
+            return Err(directive_error(line, "dev must be tun or tap"));
         }
         _ => {}
     }
@@ -590,10 +588,10 @@ pub fn validate_text_at(
         )));
     }
     for tag in ["tls-auth", "tls-crypt"] {
-        if let Some(block) = profile.inline.get(tag) {
-            if !block.contains("-----BEGIN OpenVPN Static key V1-----") {
-                return Err(VpnError::Certificate(format!("<{tag}> is not an OpenVPN static key")));
-            }
+        if let Some(block) = profile.inline.get(tag)
+            && !block.contains("-----BEGIN OpenVPN Static key V1-----")
+        {
+            return Err(VpnError::Certificate(format!("<{tag}> is not an OpenVPN static key")));
         }
     }
     Ok((profile, report))
@@ -791,11 +789,11 @@ impl ProfileStore {
     /// then by priority.
     pub fn failover_order(&self) -> Result<Vec<ProfileMeta>, VpnError> {
         let mut list = self.list()?;
-        if let Some(active) = self.active()? {
-            if let Some(pos) = list.iter().position(|m| m.name == active) {
-                let meta = list.remove(pos);
-                list.insert(0, meta);
-            }
+        if let Some(active) = self.active()?
+            && let Some(pos) = list.iter().position(|m| m.name == active)
+        {
+            let meta = list.remove(pos);
+            list.insert(0, meta);
         }
         Ok(list)
     }
