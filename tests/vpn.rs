@@ -405,9 +405,29 @@ fn fails_over_to_the_secondary_and_back() {
     assert_eq!(status["tunnel_address"], "198.19.1.2", "{status}");
     assert!(status["failovers"].as_u64().unwrap() >= 1, "{status}");
 
-    // The primary comes back: after failback_after of healthy operation on the
-    // secondary, the supervisor returns to the preferred profile.
+    // The last good profile survives an agent restart: with the primary back,
+    // a restarted agent still starts on the secondary...
+    agent.signal(libc::SIGTERM);
+    let exit = agent.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(data.join("vpn/state.json")).unwrap()).unwrap();
+    assert_eq!(state["last_good_profile"], "secondary", "{state}");
     let _primary_again = Server::start(&lab, &pki, 1194, "198.19.0.0", tmp.path());
+    let mut agent = Supervised::start(&lab, &data, &config(4000, 10_000));
+    let first =
+        agent.wait_for("the first CONNECTED after the restart", Duration::from_secs(30), |s| {
+            s["state"] == "CONNECTED"
+        });
+    assert_eq!(first["profile"], "secondary", "{first}");
+
+    // ...and after failback_after of healthy operation there, it returns to the
+    // preferred profile.
+    let on_secondary = Instant::now();
     let status = agent.wait_healthy("primary", Duration::from_secs(45));
+    assert!(
+        on_secondary.elapsed() >= Duration::from_secs(9),
+        "fail-back came before failback_after_ms"
+    );
     assert_eq!(status["tunnel_address"], "198.19.0.2", "{status}");
 }
