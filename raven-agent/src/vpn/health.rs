@@ -124,11 +124,12 @@ fn icmp_checksum(bytes: &[u8]) -> u16 {
 }
 
 /// One ICMP echo over a raw socket (needs CAP_NET_RAW), blocking up to `deadline`.
-fn icmp_echo_blocking(
+pub(crate) fn icmp_echo_blocking(
     target: IpAddr,
     deadline: Duration,
     ident: u16,
     seq: u16,
+    payload_len: usize,
 ) -> Result<(), String> {
     let (domain, protocol, request_type, reply_type) = match target {
         IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8),
@@ -139,7 +140,7 @@ fn icmp_echo_blocking(
     let mut packet = vec![request_type, 0, 0, 0];
     packet.extend_from_slice(&ident.to_be_bytes());
     packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(b"raven-vpn-probe.");
+    packet.extend(b"raven-vpn-probe.".iter().cycle().take(payload_len));
     if target.is_ipv4() {
         // The kernel computes ICMPv6 checksums itself; ICMPv4 is ours to fill in.
         let sum = icmp_checksum(&packet);
@@ -195,7 +196,7 @@ pub async fn probe_icmp(target: IpAddr, deadline: Duration, seq: u16) -> ProbeRe
     let started = Instant::now();
     let ident = fastrand::u16(..);
     let outcome =
-        tokio::task::spawn_blocking(move || icmp_echo_blocking(target, deadline, ident, seq))
+        tokio::task::spawn_blocking(move || icmp_echo_blocking(target, deadline, ident, seq, 16))
             .await
             .unwrap_or_else(|e| Err(format!("probe task failed: {e}")));
     result(ProbeKind::Icmp, target.to_string(), started, outcome)

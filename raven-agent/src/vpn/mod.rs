@@ -23,6 +23,7 @@
 //! - [`cli`]: `raven-agent vpn profiles ...`.
 
 pub mod cli;
+pub mod diagnostics;
 pub mod health;
 pub mod management;
 pub mod profile;
