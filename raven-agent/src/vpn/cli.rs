@@ -35,6 +35,9 @@ pub enum VpnCommand {
     /// Manage OpenVPN profiles.
     #[command(subcommand)]
     Profiles(ProfilesCommand),
+    /// Link diagnostics (each bounded in time and output); prints JSON.
+    #[command(subcommand)]
+    Diag(DiagCommand),
     /// Supervise the VPN alone (no capture), printing each status as a JSON line;
     /// SIGTERM or SIGINT stops openvpn cleanly.
     Run {
@@ -42,6 +45,47 @@ pub enum VpnCommand {
         /// `enabled` ignored).
         #[arg(long, short = 'c', default_value = "/etc/raven/raven.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DiagCommand {
+    /// ICMP echo (count ≤ 20, interval ≥ 200 ms, size ≤ 1400, timeout ≤ 10 s).
+    Ping {
+        target: std::net::IpAddr,
+        #[arg(long, default_value_t = 4)]
+        count: u32,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 56)]
+        size: usize,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
+    /// One TCP connect (timeout ≤ 10 s).
+    Tcp {
+        target: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// One DNS query over UDP (timeout ≤ 10 s).
+    Dns {
+        name: String,
+        #[arg(long = "type", value_enum, default_value = "a")]
+        record_type: super::diagnostics::RecordType,
+        /// The DNS server, `IP:PORT`.
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// HTTP download throughput (`http://IP:PORT/path`; ≤ 100 MiB, ≤ 30 s).
+    Http {
+        url: String,
+        #[arg(long, default_value_t = 10 * 1024 * 1024)]
+        max_bytes: u64,
+        #[arg(long, default_value_t = 10_000)]
+        max_time_ms: u64,
     },
 }
 
@@ -88,6 +132,29 @@ pub async fn run(args: &VpnArgs, out: &mut (impl Write + Send)) -> Result<(), Cl
         expiry_warning_days: args.expiry_warning_days,
     };
     match &args.command {
+        VpnCommand::Diag(command) => {
+            use super::diagnostics as d;
+            let ms = std::time::Duration::from_millis;
+            let json = match command {
+                DiagCommand::Ping { target, count, interval_ms, size, timeout_ms } => {
+                    serde_json::to_string_pretty(
+                        &d::ping(*target, *count, ms(*interval_ms), *size, ms(*timeout_ms)).await,
+                    )
+                }
+                DiagCommand::Tcp { target, timeout_ms } => {
+                    serde_json::to_string_pretty(&d::tcp_connect(*target, ms(*timeout_ms)).await)
+                }
+                DiagCommand::Dns { name, record_type, server, timeout_ms } => {
+                    serde_json::to_string_pretty(
+                        &d::dns_lookup(*server, name, *record_type, ms(*timeout_ms)).await?,
+                    )
+                }
+                DiagCommand::Http { url, max_bytes, max_time_ms } => serde_json::to_string_pretty(
+                    &d::http_download(url, *max_bytes, ms(*max_time_ms)).await?,
+                ),
+            };
+            writeln!(out, "{}", json.unwrap_or_default())?;
+        }
         VpnCommand::Run { config } => {
             let config = crate::config::Config::load(config)?;
             supervise(config.vpn, &args.data_dir, out).await?;
@@ -169,6 +236,8 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Vpn(#[from] VpnError),
+    #[error(transparent)]
+    Diagnostics(#[from] super::diagnostics::DiagError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
 }
