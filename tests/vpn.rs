@@ -431,3 +431,104 @@ fn fails_over_to_the_secondary_and_back() {
     );
     assert_eq!(status["tunnel_address"], "198.19.0.2", "{status}");
 }
+
+/// Runs `raven-agent vpn diag ...` in the appliance namespace and parses its JSON.
+fn diag(lab: &Lab, args: &[&str]) -> Value {
+    let out = lab.appliance.command(AGENT).args(["vpn", "diag"]).args(args).output().unwrap();
+    assert!(out.status.success(), "diag {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("diag {args:?} output: {e}"))
+}
+
+#[test]
+fn diagnostics_through_the_tunnel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(&tmp.path().join("pki"));
+    let lab = lab(73);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let _server = Server::start(&lab, &pki, 1194, "198.19.0.0", tmp.path());
+    probe_listener(&lab);
+    import_ok(&data, "primary", &pki.client_profile(&lab.noc_address, 1194), 10);
+    let mut agent = Supervised::start(&lab, &data, &config(600_000, 600_000));
+    agent.wait_healthy("primary", Duration::from_secs(30));
+
+    // A web server and a DNS server on the NOC side, reached through the tunnel
+    // (192.0.2.1 is routed into the tunnel by the pushed route).
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("blob"), vec![7u8; 2_000_000]).unwrap();
+    let _http = lab
+        .noc
+        .command("python3")
+        .args(["-m", "http.server", "--bind", "192.0.2.1", "8080", "--directory"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _dns = lab
+        .noc
+        .command("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file",
+            "--bind-interfaces",
+            "--listen-address=192.0.2.1",
+            "--port=5353",
+            "--host-record=noc.raven.test,192.0.2.7,2001:db8::7",
+            "--cname=www.raven.test,noc.raven.test",
+            "--mx-host=raven.test,noc.raven.test,10",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq (package dnsmasq-base)");
+
+    let ping = diag(
+        &lab,
+        &["ping", "192.0.2.1", "--count", "3", "--interval-ms", "200", "--size", "1200"],
+    );
+    assert_eq!((ping["sent"].as_u64(), ping["received"].as_u64()), (Some(3), Some(3)), "{ping}");
+    let tcp = diag(&lab, &["tcp", PROBE_TARGET]);
+    assert_eq!(tcp["connected"], true, "{tcp}");
+    let refused = diag(&lab, &["tcp", "192.0.2.1:7001"]);
+    assert_eq!(refused["connected"], false, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("refused"), "{refused}");
+
+    let started = Instant::now();
+    let http = loop {
+        let http = diag(&lab, &["http", "http://192.0.2.1:8080/blob"]);
+        if http["status"] == 200 || started.elapsed() > Duration::from_secs(10) {
+            break http;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (http["status"].as_u64(), http["bytes"].as_u64()),
+        (Some(200), Some(2_000_000)),
+        "{http}"
+    );
+    assert!(http["bits_per_second"].as_f64().unwrap() > 0.0, "{http}");
+
+    let lookup = |name: &str, record_type: &str| {
+        let started = Instant::now();
+        loop {
+            let report =
+                diag(&lab, &["dns", name, "--type", record_type, "--server", "192.0.2.1:5353"]);
+            if report["rcode"] == "NOERROR" || started.elapsed() > Duration::from_secs(10) {
+                return report;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let a = lookup("noc.raven.test", "a");
+    assert_eq!(a["answers"][0]["data"], "192.0.2.7", "{a}");
+    let aaaa = lookup("noc.raven.test", "aaaa");
+    assert_eq!(aaaa["answers"][0]["data"], "2001:db8::7", "{aaaa}");
+    let cname = lookup("www.raven.test", "cname");
+    assert_eq!(cname["answers"][0]["data"], "noc.raven.test", "{cname}");
+    let mx = lookup("raven.test", "mx");
+    assert_eq!(mx["answers"][0]["data"], "10 noc.raven.test", "{mx}");
+}
