@@ -432,6 +432,16 @@ fn fails_over_to_the_secondary_and_back() {
     assert_eq!(status["tunnel_address"], "198.19.0.2", "{status}");
 }
 
+/// A helper process, killed and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `raven-agent vpn diag ...` in the appliance namespace and parses its JSON.
 fn diag(lab: &Lab, args: &[&str]) -> Value {
     let out = lab.appliance.command(AGENT).args(["vpn", "diag"]).args(args).output().unwrap();
@@ -457,34 +467,36 @@ fn diagnostics_through_the_tunnel() {
     let www = tmp.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("blob"), vec![7u8; 2_000_000]).unwrap();
-    let _http = lab
-        .noc
-        .command("python3")
-        .args(["-m", "http.server", "--bind", "192.0.2.1", "8080", "--directory"])
-        .arg(&www)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _dns = lab
-        .noc
-        .command("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--no-resolv",
-            "--no-hosts",
-            "--pid-file",
-            "--bind-interfaces",
-            "--listen-address=192.0.2.1",
-            "--port=5353",
-            "--host-record=noc.raven.test,192.0.2.7,2001:db8::7",
-            "--cname=www.raven.test,noc.raven.test",
-            "--mx-host=raven.test,noc.raven.test,10",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq (package dnsmasq-base)");
+    let _http = Reaped(
+        lab.noc
+            .command("python3")
+            .args(["-m", "http.server", "--bind", "192.0.2.1", "8080", "--directory"])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _dns = Reaped(
+        lab.noc
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file",
+                "--bind-interfaces",
+                "--listen-address=192.0.2.1",
+                "--port=5353",
+                "--host-record=noc.raven.test,192.0.2.7,2001:db8::7",
+                "--cname=www.raven.test,noc.raven.test",
+                "--mx-host=raven.test,noc.raven.test,10",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (package dnsmasq-base)"),
+    );
 
     let ping = diag(
         &lab,
