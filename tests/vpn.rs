@@ -503,6 +503,13 @@ fn diagnostics_through_the_tunnel() {
         &["ping", "192.0.2.1", "--count", "3", "--interval-ms", "200", "--size", "1200"],
     );
     assert_eq!((ping["sent"].as_u64(), ping["received"].as_u64()), (Some(3), Some(3)), "{ping}");
+    let trace = diag(&lab, &["traceroute", "192.0.2.1", "--max-hops", "5"]);
+    assert_eq!(trace["reached"], true, "{trace}");
+    assert_eq!(
+        trace["hops"].as_array().unwrap().last().unwrap()["address"],
+        "192.0.2.1",
+        "{trace}"
+    );
     let tcp = diag(&lab, &["tcp", PROBE_TARGET]);
     assert_eq!(tcp["connected"], true, "{tcp}");
     let refused = diag(&lab, &["tcp", "192.0.2.1:7001"]);

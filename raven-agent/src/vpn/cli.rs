@@ -62,6 +62,14 @@ pub enum DiagCommand {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Traceroute to an IPv4 address (≤ 30 hops, ≤ 3 s each).
+    Traceroute {
+        target: std::net::IpAddr,
+        #[arg(long, default_value_t = 16)]
+        max_hops: u8,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
     /// One TCP connect (timeout ≤ 10 s).
     Tcp {
         target: std::net::SocketAddr,
@@ -139,6 +147,11 @@ pub async fn run(args: &VpnArgs, out: &mut (impl Write + Send)) -> Result<(), Cl
                 DiagCommand::Ping { target, count, interval_ms, size, timeout_ms } => {
                     serde_json::to_string_pretty(
                         &d::ping(*target, *count, ms(*interval_ms), *size, ms(*timeout_ms)).await,
+                    )
+                }
+                DiagCommand::Traceroute { target, max_hops, timeout_ms } => {
+                    serde_json::to_string_pretty(
+                        &d::traceroute(*target, *max_hops, ms(*timeout_ms)).await?,
                     )
                 }
                 DiagCommand::Tcp { target, timeout_ms } => {

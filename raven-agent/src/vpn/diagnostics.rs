@@ -11,10 +11,12 @@
 //! DNS: one RFC 1035 query over UDP (recursion desired) to the given server;
 //! answers of type A, AAAA, MX and CNAME are decoded (name compression
 //! included), others are shown as their type number and length.
+//! Traceroute (IPv4): UDP datagrams to port 33434+TTL with TTL 1, 2, ...; the
+//! ICMP time-exceeded / port-unreachable that quotes our datagram names the hop.
 //! HTTP: `GET` over plain HTTP/1.1 (`Connection: close`), body counted and dropped.
 //!
 //! # Operations
-//! [`ping`], [`tcp_connect`], [`dns_lookup`], [`http_download`].
+//! [`ping`], [`traceroute`], [`tcp_connect`], [`dns_lookup`], [`http_download`].
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -106,6 +108,128 @@ pub async fn ping(
     }
     report.loss_percent = 100.0 * f64::from(report.sent - report.received) / f64::from(report.sent);
     report
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Hop {
+    pub ttl: u8,
+    /// The router (or the target) that answered; `null` when nothing did in time.
+    pub address: Option<String>,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TracerouteReport {
+    pub target: String,
+    pub hops: Vec<Hop>,
+    pub reached: bool,
+    pub error: Option<String>,
+}
+
+const TRACE_BASE_PORT: u16 = 33434;
+
+/// Parses an ICMPv4 error carried in a raw-socket datagram (IP header included):
+/// returns (type, the quoted datagram's destination address, its UDP destination port).
+fn quoted_udp(datagram: &[u8]) -> Option<(u8, Ipv4Addr, u16)> {
+    let outer = usize::from(datagram.first()? & 0x0f) * 4;
+    let icmp = datagram.get(outer..)?;
+    let icmp_type = *icmp.first()?;
+    if icmp_type != 11 && icmp_type != 3 {
+        return None;
+    }
+    let inner_ip = icmp.get(8..)?;
+    if inner_ip.get(9) != Some(&17) {
+        return None;
+    }
+    let inner_len = usize::from(inner_ip.first()? & 0x0f) * 4;
+    let destination = Ipv4Addr::new(
+        *inner_ip.get(16)?,
+        *inner_ip.get(17)?,
+        *inner_ip.get(18)?,
+        *inner_ip.get(19)?,
+    );
+    let udp = inner_ip.get(inner_len..inner_len + 4)?;
+    Some((icmp_type, destination, u16::from_be_bytes([udp[2], udp[3]])))
+}
+
+fn traceroute_blocking(
+    target: Ipv4Addr,
+    max_hops: u8,
+    timeout: Duration,
+) -> Result<TracerouteReport, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))
+        .map_err(|e| format!("raw ICMP socket: {e}"))?;
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("UDP socket: {e}"))?;
+    let mut report = TracerouteReport {
+        target: target.to_string(),
+        hops: Vec::new(),
+        reached: false,
+        error: None,
+    };
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    for ttl in 1..=max_hops {
+        let port = TRACE_BASE_PORT + u16::from(ttl);
+        udp.set_ttl(u32::from(ttl)).map_err(|e| format!("set TTL: {e}"))?;
+        let started = Instant::now();
+        udp.send_to(b"raven-traceroute", (target, port)).map_err(|e| format!("send: {e}"))?;
+        let mut hop = Hop { ttl, address: None, rtt_ms: None };
+        while let Some(left) = timeout.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) {
+            icmp.set_read_timeout(Some(left)).map_err(|e| format!("set timeout: {e}"))?;
+            let (len, from) = match icmp.recv_from(&mut buf) {
+                Ok(got) => got,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => return Err(format!("receive: {e}")),
+            };
+            // SAFETY: recv_from initialised the first `len` bytes.
+            let bytes: Vec<u8> = buf[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+            if let Some((icmp_type, destination, quoted_port)) = quoted_udp(&bytes)
+                && destination == target
+                && quoted_port == port
+            {
+                hop.address = from.as_socket().map(|a| a.ip().to_string());
+                hop.rtt_ms = Some(ms(started.elapsed()));
+                report.reached = icmp_type == 3;
+                break;
+            }
+        }
+        report.hops.push(hop);
+        if report.reached {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Traceroute to an IPv4 `target`: at most `max_hops` (≤ 30), each waiting up to
+/// `timeout` (≤ 3 s).
+pub async fn traceroute(
+    target: IpAddr,
+    max_hops: u8,
+    timeout: Duration,
+) -> Result<TracerouteReport, DiagError> {
+    let IpAddr::V4(target) = target else {
+        return Err(DiagError::Invalid("traceroute supports IPv4 targets only".into()));
+    };
+    let max_hops = max_hops.clamp(1, 30);
+    let timeout = timeout.clamp(Duration::from_millis(10), Duration::from_secs(3));
+    let outcome =
+        tokio::task::spawn_blocking(move || traceroute_blocking(target, max_hops, timeout))
+            .await
+            .unwrap_or_else(|e| Err(format!("traceroute task failed: {e}")));
+    Ok(outcome.unwrap_or_else(|e| TracerouteReport {
+        target: target.to_string(),
+        hops: Vec::new(),
+        reached: false,
+        error: Some(e),
+    }))
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -521,6 +645,21 @@ mod tests {
         looped[12] = 0xc0;
         looped[13] = 12;
         assert!(decode_response(&looped, 0x1234).is_err(), "a compression loop is refused");
+    }
+
+    #[test]
+    fn parses_a_quoted_udp_datagram() {
+        // IPv4 header (20) + ICMP time exceeded (8) + quoted IPv4 header (20) + UDP (8).
+        let mut datagram = vec![0x45; 1];
+        datagram.extend_from_slice(&[0; 19]);
+        datagram.extend_from_slice(&[11, 0, 0, 0, 0, 0, 0, 0]);
+        let mut inner = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 1, 17, 0, 0, 198, 19, 0, 2, 192, 0, 2, 1];
+        inner.extend_from_slice(&[0x9c, 0x40, 0x82, 0x9b, 0, 8, 0, 0]);
+        datagram.extend_from_slice(&inner);
+        assert_eq!(quoted_udp(&datagram), Some((11, Ipv4Addr::new(192, 0, 2, 1), 33435)));
+        datagram[20] = 0; // an echo reply quotes nothing
+        assert_eq!(quoted_udp(&datagram), None);
+        assert_eq!(quoted_udp(&datagram[..30]), None);
     }
 
     #[tokio::test]
