@@ -129,3 +129,41 @@ impl VpnError {
         move |source| VpnError::Io { path, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{health::ProbeKind, *};
+    use crate::metrics;
+
+    #[test]
+    fn status_serialises_and_metrics_follow_events() {
+        let mut status = VpnStatus::stopped();
+        status.state = TunnelState::Connected;
+        status.tunnel_address = Some("198.19.0.2".into());
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["state"], "CONNECTED");
+        assert_eq!(json["health"]["state"], "down");
+
+        metrics::emit(metrics::VpnStatusReported { state: TunnelState::Connected, healthy: true });
+        metrics::emit(metrics::VpnProbeRound {
+            results: &[ProbeResult {
+                kind: ProbeKind::Tcp,
+                target: "192.0.2.1:7000".into(),
+                ok: false,
+                latency_ms: None,
+                error: Some("refused".into()),
+                at: 0.0,
+            }],
+        });
+        metrics::emit(metrics::VpnBytes { bytes_in: 10, bytes_out: 20 });
+        let text = metrics::render();
+        assert!(text.contains("raven_vpn_state{state=\"CONNECTED\"} 1"), "{text}");
+        assert!(text.contains("raven_vpn_state{state=\"RECONNECTING\"} 0"), "{text}");
+        assert!(text.contains("raven_vpn_healthy 1"), "{text}");
+        assert!(
+            text.contains("raven_vpn_probe_failures_total{target=\"192.0.2.1:7000\"}"),
+            "{text}"
+        );
+        assert!(text.contains("raven_vpn_bytes_total{direction=\"out\"}"), "{text}");
+    }
+}
