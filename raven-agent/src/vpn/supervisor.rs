@@ -146,7 +146,40 @@ enum Outcome {
     Failback,
 }
 
+/// The wait before restarting openvpn after `failures` failures in a row:
+/// `backoff_min_ms · 2^(failures-1)`, capped at `backoff_max_ms`.
+fn restart_backoff_ms(config: &VpnConfig, failures: u32) -> u64 {
+    let exponent = failures.saturating_sub(1).min(20);
+    config.backoff_min_ms.saturating_mul(1 << exponent).min(config.backoff_max_ms)
+}
+
+/// Whether to leave the current profile: failover after too many failures or too
+/// long down (only when there is another profile), fail-back after a long enough
+/// healthy run on a lower-priority profile.
+fn decide(config: &VpnConfig, attempt: &Attempt) -> Option<ChildEnd> {
+    if attempt.profiles > 1 {
+        if attempt.failures >= config.failover_after_failures {
+            return Some(ChildEnd::Failover);
+        }
+        if attempt
+            .down_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(config.failover_after_ms))
+        {
+            return Some(ChildEnd::Failover);
+        }
+    }
+    if attempt.position > 0
+        && attempt
+            .up_since
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(config.failback_after_ms))
+    {
+        return Some(ChildEnd::Failback);
+    }
+    None
+}
+
 /// Why one child's run ended.
+#[derive(Debug, PartialEq, Eq)]
 enum ChildEnd {
     Stop,
     Failover,
@@ -435,29 +468,6 @@ impl Runner {
         self.status.since = now_secs();
     }
 
-    fn decide(&self, attempt: &Attempt) -> Option<ChildEnd> {
-        let config = &self.config;
-        if attempt.profiles > 1 {
-            if attempt.failures >= config.failover_after_failures {
-                return Some(ChildEnd::Failover);
-            }
-            if attempt
-                .down_since
-                .is_some_and(|t| t.elapsed() >= Duration::from_millis(config.failover_after_ms))
-            {
-                return Some(ChildEnd::Failover);
-            }
-        }
-        if attempt.position > 0
-            && attempt
-                .up_since
-                .is_some_and(|t| t.elapsed() >= Duration::from_millis(config.failback_after_ms))
-        {
-            return Some(ChildEnd::Failback);
-        }
-        None
-    }
-
     async fn run_child(&mut self, attempt: &mut Attempt) -> ChildEnd {
         let mut child = match self.spawn(&attempt.name) {
             Ok(child) => child,
@@ -618,7 +628,7 @@ impl Runner {
                         bytes_out: Some(tracker.bytes_out),
                         detail: None,
                     });
-                    if let Some(end) = self.decide(attempt) {
+                    if let Some(end) = decide(&self.config, attempt) {
                         break end;
                     }
                 }
@@ -644,7 +654,7 @@ impl Runner {
                     last_probes = results;
                     self.set_health(health, attempt);
                     self.publish();
-                    if let Some(end) = self.decide(attempt) {
+                    if let Some(end) = decide(&self.config, attempt) {
                         break end;
                     }
                 }
@@ -681,4 +691,71 @@ fn boxed_reader<R: tokio::io::AsyncRead + Send + Unpin + 'static>(
     reader: R,
 ) -> Box<dyn tokio::io::AsyncRead + Send + Unpin> {
     Box::new(reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(position: usize, profiles: usize) -> Attempt {
+        Attempt {
+            name: "p".into(),
+            position,
+            profiles,
+            failures: 0,
+            down_since: None,
+            up_since: None,
+        }
+    }
+
+    fn config() -> VpnConfig {
+        VpnConfig {
+            failover_after_failures: 3,
+            failover_after_ms: 1000,
+            failback_after_ms: 5000,
+            backoff_min_ms: 100,
+            backoff_max_ms: 1000,
+            ..VpnConfig::default()
+        }
+    }
+
+    #[test]
+    fn fails_over_after_failures_or_down_time() {
+        let config = config();
+        let mut a = attempt(0, 2);
+        a.failures = 2;
+        assert_eq!(decide(&config, &a), None);
+        a.failures = 3;
+        assert_eq!(decide(&config, &a), Some(ChildEnd::Failover));
+        a.failures = 0;
+        a.down_since = Some(Instant::now());
+        assert_eq!(decide(&config, &a), None, "down, but not for long");
+        a.down_since = Instant::now().checked_sub(Duration::from_millis(1500));
+        assert_eq!(decide(&config, &a), Some(ChildEnd::Failover));
+        let mut alone = attempt(0, 1);
+        alone.failures = 10;
+        alone.down_since = Instant::now().checked_sub(Duration::from_secs(60));
+        assert_eq!(decide(&config, &alone), None, "nowhere to fail over to");
+    }
+
+    #[test]
+    fn fails_back_only_after_a_long_healthy_run() {
+        let config = config();
+        let mut a = attempt(1, 2);
+        a.up_since = Instant::now().checked_sub(Duration::from_millis(4000));
+        assert_eq!(decide(&config, &a), None);
+        a.up_since = Instant::now().checked_sub(Duration::from_millis(5001));
+        assert_eq!(decide(&config, &a), Some(ChildEnd::Failback));
+        let mut preferred = attempt(0, 2);
+        preferred.up_since = Instant::now().checked_sub(Duration::from_secs(60));
+        assert_eq!(decide(&config, &preferred), None, "already on the preferred profile");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let config = config();
+        let waits: Vec<u64> = (1..=6).map(|n| restart_backoff_ms(&config, n)).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(restart_backoff_ms(&config, 1000), 1000);
+    }
 }
