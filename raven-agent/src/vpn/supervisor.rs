@@ -374,12 +374,7 @@ impl Runner {
                     {
                         return Outcome::Failover;
                     }
-                    let exponent = attempt.failures.saturating_sub(1).min(20);
-                    let backoff = self
-                        .config
-                        .backoff_min_ms
-                        .saturating_mul(1 << exponent)
-                        .min(self.config.backoff_max_ms);
+                    let backoff = restart_backoff_ms(&self.config, attempt.failures);
                     tracing::info!(profile = %attempt.name, backoff_ms = backoff, "openvpn exited; restarting after backoff");
                     if !self.sleep_or_stop(Duration::from_millis(backoff)).await {
                         return Outcome::Stop;
