@@ -351,6 +351,16 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
     let history = rusqlite_count(&data.join("vpn/health.db"));
     assert!(history > 0, "health samples are recorded");
 
+    // openvpn dying is noticed; it is restarted after the backoff and reconnects.
+    // SAFETY: plain kill(2) on the openvpn client's pid.
+    unsafe { libc::kill(openvpn_pid as i32, libc::SIGKILL) };
+    agent.wait_for("the child's death noticed", Duration::from_secs(5), |s| {
+        s["pid"].as_u64() != Some(openvpn_pid)
+    });
+    let status = agent.wait_healthy("primary", Duration::from_secs(30));
+    let openvpn_pid = status["pid"].as_u64().expect("the new child's pid");
+    assert!(agent.log_text().contains("restarting after backoff"), "{}", agent.log_text());
+
     // Stopping the agent stops openvpn cleanly.
     agent.signal(libc::SIGTERM);
     let started = Instant::now();
