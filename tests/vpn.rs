@@ -440,6 +440,16 @@ fn fails_over_to_the_secondary_and_back() {
         "fail-back came before failback_after_ms"
     );
     assert_eq!(status["tunnel_address"], "198.19.0.2", "{status}");
+
+    // Activating a profile switches the running supervisor to it.
+    let out = Command::new(AGENT)
+        .args(["vpn", "profiles", "activate", "secondary", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = agent.wait_healthy("secondary", Duration::from_secs(15));
+    assert_eq!(status["tunnel_address"], "198.19.1.2", "{status}");
 }
 
 /// A helper process, killed and reaped on drop.

@@ -11,6 +11,8 @@
 //!   CONNECTED) or after being `down` for `failover_after_ms`. Fail-back to the
 //!   preferred profile is tried after `failback_after_ms` of continuous `up` on a
 //!   lower one (`failback_after_ms >= failover_after_ms`: hysteresis).
+//! - `raven-agent vpn profiles activate NAME` (the `active` file) switches the
+//!   running supervisor to NAME within one probe interval; NAME is then preferred.
 //! - `<data_dir>/vpn/state.json` holds the last profile that was healthy; after an
 //!   agent restart the supervisor starts with it.
 //! - [`SupervisorHandle::stop`] sends SIGTERM and kills after 5 s.
@@ -132,6 +134,7 @@ impl Supervisor {
             failovers: 0,
             reconnects: 0,
             bytes_seen: (0, 0),
+            seen_active: None,
         };
         let task = tokio::spawn(runner.run());
         Ok(SupervisorHandle { status, healthy, stop, task: Some(task), history })
@@ -144,6 +147,8 @@ enum Outcome {
     Stop,
     Failover,
     Failback,
+    /// The operator activated another profile.
+    Activated(String),
 }
 
 /// The wait before restarting openvpn after `failures` failures in a row:
@@ -184,6 +189,7 @@ enum ChildEnd {
     Stop,
     Failover,
     Failback,
+    Activated(String),
     Exited,
 }
 
@@ -212,6 +218,8 @@ struct Runner {
     failovers: u64,
     reconnects: u64,
     bytes_seen: (u64, u64),
+    /// The activated profile as last seen, to notice `profiles activate`.
+    seen_active: Option<String>,
 }
 
 impl Runner {
@@ -305,7 +313,19 @@ impl Runner {
         self.status.health = health;
     }
 
+    /// A profile the operator activated since we last looked, if it is not the
+    /// one running.
+    fn newly_activated(&mut self, current: &str) -> Option<String> {
+        let active = self.store.active().ok().flatten();
+        if active == self.seen_active {
+            return None;
+        }
+        self.seen_active = active.clone();
+        active.filter(|name| name != current)
+    }
+
     async fn run(mut self) {
+        self.seen_active = self.store.active().ok().flatten();
         let mut next: Option<String> = self.load_state().last_good_profile;
         while !self.stopping() {
             let order = match self.store.failover_order() {
@@ -344,6 +364,10 @@ impl Runner {
                     metrics::emit(metrics::VpnFailedOver);
                     Some(to)
                 }
+                Outcome::Activated(name) => {
+                    tracing::info!(from = %attempt.name, to = %name, "VPN profile activated by the operator");
+                    Some(name)
+                }
                 Outcome::Failback => {
                     tracing::info!(from = %attempt.name, to = %order[0].name, "VPN fail-back to the preferred profile");
                     metrics::emit(metrics::VpnFailedOver);
@@ -367,6 +391,7 @@ impl Runner {
                 ChildEnd::Stop => return Outcome::Stop,
                 ChildEnd::Failover => return Outcome::Failover,
                 ChildEnd::Failback => return Outcome::Failback,
+                ChildEnd::Activated(name) => return Outcome::Activated(name),
                 ChildEnd::Exited => {
                     attempt.failures += 1;
                     if attempt.profiles > 1
@@ -603,6 +628,9 @@ impl Runner {
                     }
                 }
                 _ = ticker.tick() => {
+                    if let Some(name) = self.newly_activated(&attempt.name) {
+                        break ChildEnd::Activated(name);
+                    }
                     if tracker.state == TunnelState::Connected {
                         start_probe = has_probes;
                         if !has_probes {
