@@ -20,7 +20,11 @@
 //!
 //! # Operations
 //! - [`profile`]: import / validate / list / remove / set priority / activate.
-//! - [`cli`]: `raven-agent vpn profiles ...`.
+//! - [`supervisor`]: [`Supervisor::start`] runs openvpn and publishes
+//!   [`VpnStatus`] and the forwarder's "VPN healthy" gate (`watch::Receiver<bool>`).
+//! - [`health`]: probes, the up / degraded / down verdict, 24 h SQLite history.
+//! - [`diagnostics`]: ping, traceroute, TCP connect, DNS lookup, HTTP throughput.
+//! - [`cli`]: `raven-agent vpn profiles ...`, `vpn diag ...`, `vpn run`.
 
 pub mod cli;
 pub mod diagnostics;
