@@ -28,6 +28,8 @@ pub struct Config {
     pub store: StoreConfig,
     // --- forward (issue 5) ---
     pub forward: ForwardConfig,
+    // --- vpn (issue 7) ---
+    pub vpn: VpnConfig,
 }
 
 /// `[windows]`: Windows events over HTTP.
@@ -440,6 +442,9 @@ impl Config {
         for (key, reason) in self.forward.problems() {
             problem(key, &reason);
         }
+        for (key, reason) in self.vpn.problems() {
+            problem(key, &reason);
+        }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 }
@@ -744,6 +749,112 @@ impl ForwardConfig {
             }
         }
         out
+    }
+}
+
+// --- vpn (issue 7) ---
+
+/// `[vpn]`: the supervised OpenVPN client and its health probes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VpnConfig {
+    /// Supervise an OpenVPN client at all.
+    pub enabled: bool,
+    pub openvpn_binary: String,
+    /// Backoff before restarting openvpn after it exited: min·2^(n-1), capped at max.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failed starts (exits without reaching CONNECTED) before failing over.
+    pub failover_after_failures: u32,
+    /// Unhealthy time before failing over to the next profile.
+    pub failover_after_ms: u64,
+    /// Time a lower-priority profile must run healthy before the preferred one is retried.
+    pub failback_after_ms: u64,
+    pub probe_interval_ms: u64,
+    /// Each probe's deadline; also how quickly a cut is noticed.
+    pub probe_deadline_ms: u64,
+    /// Consecutive all-failed probe rounds (while CONNECTED) that make the link "down".
+    pub down_after_probes: u32,
+    /// `HOST:PORT` targets probed with a TCP connect through the tunnel.
+    pub probe_targets: Vec<String>,
+    /// An address pinged through the tunnel (ICMP echo); empty: no ping probe.
+    pub ping_target: String,
+    /// Accept profiles that run scripts (`up`, `down`, `script-security 2`).
+    pub allow_scripts: bool,
+    pub expiry_warning_days: u32,
+}
+
+impl Default for VpnConfig {
+    fn default() -> Self {
+        VpnConfig {
+            enabled: false,
+            openvpn_binary: "/usr/sbin/openvpn".to_string(),
+            backoff_min_ms: 1000,
+            backoff_max_ms: 60_000,
+            failover_after_failures: 3,
+            failover_after_ms: 120_000,
+            failback_after_ms: 600_000,
+            probe_interval_ms: 5000,
+            probe_deadline_ms: 2000,
+            down_after_probes: 2,
+            probe_targets: Vec::new(),
+            ping_target: String::new(),
+            allow_scripts: false,
+            expiry_warning_days: 30,
+        }
+    }
+}
+
+impl VpnConfig {
+    /// Problems as (key, reason).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut problem =
+            |key: &str, reason: &str| out.push((format!("vpn.{key}"), reason.to_string()));
+        if self.enabled && !self.openvpn_binary.starts_with('/') {
+            problem("openvpn_binary", "must be an absolute path");
+        }
+        if self.backoff_min_ms == 0 || self.backoff_min_ms > self.backoff_max_ms {
+            problem("backoff_min_ms", "must be at least 1 and at most backoff_max_ms");
+        }
+        if self.failover_after_failures == 0 {
+            problem("failover_after_failures", "must be at least 1");
+        }
+        if self.probe_interval_ms < 100 {
+            problem("probe_interval_ms", "must be at least 100 ms");
+        }
+        if self.probe_deadline_ms == 0 || self.probe_deadline_ms > self.probe_interval_ms {
+            problem("probe_deadline_ms", "must be at least 1 ms and at most probe_interval_ms");
+        }
+        if self.down_after_probes == 0 {
+            problem("down_after_probes", "must be at least 1");
+        }
+        if self.failover_after_ms < self.probe_interval_ms {
+            problem("failover_after_ms", "must be at least probe_interval_ms");
+        }
+        if self.failback_after_ms < self.failover_after_ms {
+            problem("failback_after_ms", "must be at least failover_after_ms (hysteresis)");
+        }
+        for (i, target) in self.probe_targets.iter().enumerate() {
+            if target.parse::<std::net::SocketAddr>().is_err() {
+                out.push((format!("vpn.probe_targets[{i}]"), "must be ADDRESS:PORT".to_string()));
+            }
+        }
+        if !self.ping_target.is_empty() && self.ping_target.parse::<std::net::IpAddr>().is_err() {
+            out.push((
+                "vpn.ping_target".to_string(),
+                "must be an IP address (or empty)".to_string(),
+            ));
+        }
+        out
+    }
+
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+
+    pub fn probe_deadline(&self) -> Duration {
+        Duration::from_millis(self.probe_deadline_ms)
     }
 }
 

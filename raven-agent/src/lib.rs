@@ -12,3 +12,4 @@ pub mod privilege;
 pub mod record;
 pub mod store;
 pub mod tap;
+pub mod vpn;

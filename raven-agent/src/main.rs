@@ -36,6 +36,8 @@ enum Command {
     Store(raven_agent::store::cli::StoreArgs),
     /// Ask the running agent to re-send a stored range to a sink.
     Replay(raven_agent::api::client::ReplayArgs),
+    /// OpenVPN profiles and supervision.
+    Vpn(raven_agent::vpn::cli::VpnArgs),
 }
 
 #[derive(clap::Args)]
@@ -97,6 +99,9 @@ fn main() -> anyhow::Result<()> {
             Command::Segments(args) => raven_agent::store::cli::segments(args),
             Command::Store(args) => raven_agent::store::cli::store(args),
             Command::Replay(args) => raven_agent::api::client::replay(args),
+            Command::Vpn(args) => raven_agent::vpn::cli::run(&args, &mut std::io::stdout())
+                .await
+                .map_err(anyhow::Error::from),
         }
     })
 }

@@ -39,6 +39,8 @@ pub struct Metrics {
     store: StoreMetrics,
     // --- forward (issue 5) ---
     forward: ForwardMetrics,
+    // --- vpn (issue 7) ---
+    vpn: VpnMetrics,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -162,6 +164,7 @@ impl Metrics {
             ),
             store: StoreMetrics::new(&r),
             forward: ForwardMetrics::new(&r),
+            vpn: VpnMetrics::new(&r),
             registry: r,
         }
     }
@@ -939,6 +942,150 @@ impl InternalEvent for ForwardBacklogSampled<'_> {
         let labels = [self.sink, self.stream.name()];
         m.backlog_records.with_label_values(&labels).set(self.records as i64);
         m.lag_seconds.with_label_values(&labels).set(self.lag_seconds);
+    }
+}
+
+// --- vpn (issue 7) ---
+
+struct VpnMetrics {
+    state: IntGaugeVec,
+    healthy: prometheus::IntGauge,
+    probe_latency: prometheus::HistogramVec,
+    probe_failures: IntCounterVec,
+    reconnects: prometheus::IntCounter,
+    failovers: prometheus::IntCounter,
+    bytes: IntCounterVec,
+}
+
+impl VpnMetrics {
+    fn new(r: &Registry) -> VpnMetrics {
+        let state = IntGaugeVec::new(
+            Opts::new(
+                "raven_vpn_state",
+                "1 for the OpenVPN tunnel's current state, 0 for the others",
+            ),
+            &["state"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(state.clone())).expect("metric registered once");
+        let healthy = prometheus::IntGauge::new(
+            "raven_vpn_healthy",
+            "1 while the VPN is CONNECTED and its probes pass (the forwarder's gate)",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(healthy.clone())).expect("metric registered once");
+        let probe_latency = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "raven_vpn_probe_latency_seconds",
+                "Latency of successful VPN probes (TCP connect, ICMP echo) through the tunnel",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["kind"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(probe_latency.clone())).expect("metric registered once");
+        let reconnects = prometheus::IntCounter::new(
+            "raven_vpn_reconnects_total",
+            "Times the OpenVPN tunnel entered RECONNECTING",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(reconnects.clone())).expect("metric registered once");
+        let failovers = prometheus::IntCounter::new(
+            "raven_vpn_failovers_total",
+            "Switches from one VPN profile to another (failover and fail-back)",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(failovers.clone())).expect("metric registered once");
+        VpnMetrics {
+            state,
+            healthy,
+            probe_latency,
+            probe_failures: counter(
+                r,
+                "raven_vpn_probe_failures_total",
+                "Failed VPN probes, per target",
+                &["target"],
+            ),
+            reconnects,
+            failovers,
+            bytes: counter(
+                r,
+                "raven_vpn_bytes_total",
+                "Bytes through the tunnel as OpenVPN counts them",
+                &["direction"],
+            ),
+        }
+    }
+}
+
+/// The supervisor published a status.
+pub struct VpnStatusReported {
+    pub state: crate::vpn::management::TunnelState,
+    pub healthy: bool,
+}
+
+impl InternalEvent for VpnStatusReported {
+    fn emit(self) {
+        let m = &metrics().vpn;
+        for state in crate::vpn::management::TunnelState::ALL {
+            m.state.with_label_values(&[state.name()]).set(i64::from(state == self.state));
+        }
+        m.healthy.set(i64::from(self.healthy));
+    }
+}
+
+/// One round of VPN probes.
+pub struct VpnProbeRound<'a> {
+    pub results: &'a [crate::vpn::health::ProbeResult],
+}
+
+impl InternalEvent for VpnProbeRound<'_> {
+    fn emit(self) {
+        let m = &metrics().vpn;
+        for result in self.results {
+            let kind = match result.kind {
+                crate::vpn::health::ProbeKind::Tcp => "tcp",
+                crate::vpn::health::ProbeKind::Icmp => "icmp",
+            };
+            match result.latency_ms {
+                Some(ms) if result.ok => {
+                    m.probe_latency.with_label_values(&[kind]).observe(ms / 1000.0)
+                }
+                _ => m.probe_failures.with_label_values(&[result.target.as_str()]).inc(),
+            }
+        }
+    }
+}
+
+/// The tunnel entered RECONNECTING.
+pub struct VpnReconnected;
+
+impl InternalEvent for VpnReconnected {
+    fn emit(self) {
+        metrics().vpn.reconnects.inc();
+    }
+}
+
+/// The supervisor switched profiles.
+pub struct VpnFailedOver;
+
+impl InternalEvent for VpnFailedOver {
+    fn emit(self) {
+        metrics().vpn.failovers.inc();
+    }
+}
+
+/// Bytes OpenVPN counted since the last report.
+pub struct VpnBytes {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl InternalEvent for VpnBytes {
+    fn emit(self) {
+        let m = &metrics().vpn;
+        m.bytes.with_label_values(&["in"]).inc_by(self.bytes_in);
+        m.bytes.with_label_values(&["out"]).inc_by(self.bytes_out);
     }
 }
 

@@ -36,6 +36,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "openvpn",
     "easy-rsa",
     "nftables",
+    "dnsmasq-base",
     "fiu-utils",
     "systemd",
     "chromium",

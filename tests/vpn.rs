@@ -1,0 +1,573 @@
+//! OpenVPN supervision against real `openvpn` servers.
+//!
+//! Topology (namespaces made per test): "noc" runs one or two `openvpn` servers
+//! on 198.18.x.1 and a TCP listener on 192.0.2.1:7000 (an address on its loopback
+//! that the servers push a route for, so probes to it go through the tunnel);
+//! "appliance" runs `raven-agent vpn run`, which supervises the `openvpn` client
+//! and prints every status as a JSON line. Invariants checked: CONNECTED with the
+//! tunnel address, health from probes, cuts seen by the probes before OpenVPN's
+//! own timeout, `>HOLD` released after SIGUSR1, failover and fail-back, bad
+//! profiles refused while the tunnel keeps running, clean stop.
+
+mod common;
+#[path = "common/pki.rs"]
+mod pki;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{AGENT, Netns, require_root, unique};
+use serde_json::Value;
+
+const PROBE_TARGET: &str = "192.0.2.1:7000";
+
+struct Lab {
+    noc: Netns,
+    appliance: Netns,
+    noc_address: String,
+}
+
+fn lab(subnet: u8) -> Lab {
+    require_root();
+    if !Path::new("/dev/net/tun").exists() {
+        std::fs::create_dir_all("/dev/net").unwrap();
+        common::sh(Command::new("mknod").args(["/dev/net/tun", "c", "10", "200"]));
+    }
+    let noc = Netns::new("vnoc");
+    let appliance = Netns::new("vapp");
+    let (a, n) = (unique("va"), unique("vn"));
+    common::ip(&[
+        "link",
+        "add",
+        &a,
+        "netns",
+        &appliance.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &n,
+        "netns",
+        &noc.name,
+    ]);
+    let noc_address = format!("198.18.{subnet}.1");
+    appliance.ip(&["addr", "add", &format!("198.18.{subnet}.2/24"), "dev", &a]);
+    noc.ip(&["addr", "add", &format!("{noc_address}/24"), "dev", &n]);
+    appliance.ip(&["link", "set", &a, "up"]);
+    noc.ip(&["link", "set", &n, "up"]);
+    noc.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    Lab { noc, appliance, noc_address }
+}
+
+/// An `openvpn` server in the noc namespace; killed on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(lab: &Lab, pki: &pki::Pki, port: u16, tunnel_net: &str, dir: &Path) -> Server {
+        let config = format!(
+            "dev tun\nproto udp\nlocal {}\nport {port}\ntopology subnet\nserver {tunnel_net} 255.255.255.0\n\
+             dh none\nkeepalive 10 60\npush \"route 192.0.2.1 255.255.255.255\"\nverb 3\n\
+             <ca>\n{}</ca>\n<cert>\n{}</cert>\n<key>\n{}</key>\n<tls-crypt>\n{}</tls-crypt>\n",
+            lab.noc_address, pki.ca_cert, pki.server_cert, pki.server_key, pki.tls_crypt_key
+        );
+        let path = dir.join(format!("server-{port}.conf"));
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.join(format!("server-{port}.log"))).unwrap();
+        let child = lab
+            .noc
+            .command("openvpn")
+            .arg("--config")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the openvpn server");
+        Server { child }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP listener in the noc namespace that accepts (and drops) connections.
+fn probe_listener(lab: &Lab) {
+    let listener = lab.noc.enter(|| std::net::TcpListener::bind("0.0.0.0:7000").unwrap());
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+}
+
+/// `raven-agent vpn run` in the appliance namespace, its statuses as JSON.
+struct Supervised {
+    child: Child,
+    statuses: mpsc::Receiver<Value>,
+    last: Value,
+    log: PathBuf,
+}
+
+impl Supervised {
+    fn start(lab: &Lab, data_dir: &Path, config: &str) -> Supervised {
+        let config_path = data_dir.join("raven.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = data_dir.join("agent.log");
+        let mut child = lab
+            .appliance
+            .command(AGENT)
+            .args(["vpn", "run", "--data-dir"])
+            .arg(data_dir)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RAVEN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting raven-agent vpn run");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, statuses) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(value) = serde_json::from_str::<Value>(&line)
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Supervised { child, statuses, last: Value::Null, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until a status satisfies `want`; panics with the last status and the log.
+    fn wait_for(&mut self, what: &str, timeout: Duration, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        if want(&self.last) {
+            return self.last.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.statuses.recv_timeout(left) {
+                Ok(status) => {
+                    self.last = status;
+                    if want(&self.last) {
+                        return self.last.clone();
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {timeout:?} waiting for {what}; last status: {}\nagent log:\n{}",
+                    self.last,
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    fn wait_healthy(&mut self, profile: &str, timeout: Duration) -> Value {
+        self.wait_for(&format!("healthy on {profile}"), timeout, |s| {
+            s["state"] == "CONNECTED" && s["health"]["state"] == "up" && s["profile"] == profile
+        })
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(failover_after_ms: u64, failback_after_ms: u64) -> String {
+    format!(
+        "[vpn]\nenabled = true\nbackoff_min_ms = 200\nbackoff_max_ms = 2000\nfailover_after_failures = 3\n\
+         failover_after_ms = {failover_after_ms}\nfailback_after_ms = {failback_after_ms}\nprobe_interval_ms = 1000\n\
+         probe_deadline_ms = 500\ndown_after_probes = 1\nprobe_targets = [\"{PROBE_TARGET}\"]\nping_target = \"192.0.2.1\"\n"
+    )
+}
+
+fn import(data_dir: &Path, name: &str, text: &str, priority: u32) -> std::process::Output {
+    let file = data_dir.join(format!("{name}.ovpn"));
+    std::fs::write(&file, text).unwrap();
+    Command::new(AGENT)
+        .args(["vpn", "profiles", "import"])
+        .arg(&file)
+        .args(["--name", name, "--priority", &priority.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
+fn import_ok(data_dir: &Path, name: &str, text: &str, priority: u32) {
+    let out = import(data_dir, name, text, priority);
+    assert!(out.status.success(), "import {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn nft(ns: &Netns, script: &str) {
+    let mut child =
+        ns.command("nft").args(["-f", "-"]).stdin(Stdio::piped()).spawn().expect("running nft");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "nft -f failed for:\n{script}");
+}
+
+#[test]
+fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(&tmp.path().join("pki"));
+    let lab = lab(71);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let _server = Server::start(&lab, &pki, 1194, "198.19.0.0", tmp.path());
+    probe_listener(&lab);
+    import_ok(&data, "primary", &pki.client_profile(&lab.noc_address, 1194), 10);
+
+    let mut agent = Supervised::start(&lab, &data, &config(600_000, 600_000));
+    let status = agent.wait_healthy("primary", Duration::from_secs(30));
+    assert_eq!(status["tunnel_address"], "198.19.0.2", "{status}");
+    assert!(status["probes"].as_array().unwrap().iter().all(|p| p["ok"] == true), "{status}");
+    let openvpn_pid = status["pid"].as_u64().expect("the child's pid");
+
+    // Both directions of the tunnel's UDP dropped: the probes notice within one
+    // interval plus one deadline, long before OpenVPN's ping-restart (60 s).
+    nft(
+        &lab.appliance,
+        "table inet cut {\n chain out { type filter hook output priority 0; udp dport 1194 drop; }\n \
+         chain in { type filter hook input priority 0; udp sport 1194 drop; }\n}\n",
+    );
+    let cut_at = Instant::now();
+    let down = agent.wait_for("health down after the cut", Duration::from_secs(5), |s| {
+        s["health"]["state"] == "down"
+    });
+    assert_eq!(down["state"], "CONNECTED", "the probes saw the cut before OpenVPN did: {down}");
+    assert!(cut_at.elapsed() < Duration::from_secs(3), "seen after {:?}", cut_at.elapsed());
+    let reasons = down["health"]["reasons"].to_string();
+    assert!(reasons.contains("192.0.2.1"), "{reasons}");
+    nft(&lab.appliance, "delete table inet cut\n");
+    agent.wait_healthy("primary", Duration::from_secs(10));
+
+    // One-way cut: only outgoing tunnel packets are lost.
+    nft(
+        &lab.appliance,
+        "table inet oneway {\n chain out { type filter hook output priority 0; udp dport 1194 drop; }\n}\n",
+    );
+    let down = agent.wait_for("health down after a one-way cut", Duration::from_secs(5), |s| {
+        s["health"]["state"] == "down"
+    });
+    assert_eq!(down["state"], "CONNECTED", "{down}");
+    nft(&lab.appliance, "delete table inet oneway\n");
+    agent.wait_healthy("primary", Duration::from_secs(10));
+
+    // OpenVPN's own restart (SIGUSR1) holds again; the supervisor releases it.
+    // SAFETY: plain kill(2) on the openvpn client's pid.
+    unsafe { libc::kill(openvpn_pid as i32, libc::SIGUSR1) };
+    agent.wait_for("the tunnel leaving CONNECTED after SIGUSR1", Duration::from_secs(5), |s| {
+        s["state"] != "CONNECTED"
+    });
+    let status = agent.wait_healthy("primary", Duration::from_secs(30));
+    assert_eq!(
+        status["pid"].as_u64(),
+        Some(openvpn_pid),
+        "the same child restarted itself: {status}"
+    );
+    assert!(
+        agent.log_text().matches("releasing openvpn's hold").count() >= 2,
+        "{}",
+        agent.log_text()
+    );
+
+    // Bad profiles are refused with a clear message; the tunnel keeps running.
+    let client = pki.client_profile(&lab.noc_address, 1194);
+    let cases = [
+        ("unknown", format!("frobnicate yes\n{client}"), "line 1: unknown directive 'frobnicate'"),
+        (
+            "expired",
+            pki.client_profile_with(
+                &lab.noc_address,
+                1194,
+                &pki.expired_cert,
+                &pki.expired_key,
+                "",
+            ),
+            "expired on",
+        ),
+        (
+            "mismatched",
+            pki.client_profile_with(&lab.noc_address, 1194, &pki.client_cert, &pki.stray_key, ""),
+            "does not match the client certificate",
+        ),
+        ("scripts", format!("script-security 2\n{client}"), "line 1: script-security 2"),
+    ];
+    for (name, text, expected) in cases {
+        let out = import(&data, name, &text, 1);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(!data.join("vpn/profiles").join(name).exists(), "{name} left files behind");
+    }
+    let list = Command::new(AGENT)
+        .args(["vpn", "profiles", "list", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("primary") && !list.contains("mismatched"), "{list}");
+    thread::sleep(Duration::from_secs(2));
+    while let Ok(status) = agent.statuses.try_recv() {
+        agent.last = status;
+    }
+    assert_eq!(agent.last["state"], "CONNECTED", "{}", agent.last);
+    assert_eq!(agent.last["pid"].as_u64(), Some(openvpn_pid), "{}", agent.last);
+
+    // The last good profile is persisted.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(data.join("vpn/state.json")).unwrap()).unwrap();
+    assert_eq!(state["last_good_profile"], "primary");
+    let history = rusqlite_count(&data.join("vpn/health.db"));
+    assert!(history > 0, "health samples are recorded");
+
+    // openvpn dying is noticed; it is restarted after the backoff and reconnects.
+    // SAFETY: plain kill(2) on the openvpn client's pid.
+    unsafe { libc::kill(openvpn_pid as i32, libc::SIGKILL) };
+    agent.wait_for("the child's death noticed", Duration::from_secs(5), |s| {
+        s["pid"].as_u64() != Some(openvpn_pid)
+    });
+    let status = agent.wait_healthy("primary", Duration::from_secs(30));
+    let openvpn_pid = status["pid"].as_u64().expect("the new child's pid");
+    assert!(agent.log_text().contains("restarting after backoff"), "{}", agent.log_text());
+
+    // Stopping the agent stops openvpn cleanly.
+    agent.signal(libc::SIGTERM);
+    let started = Instant::now();
+    loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the agent did not stop");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{openvpn_pid}")).exists(),
+        "openvpn still runs after the agent stopped"
+    );
+}
+
+fn rusqlite_count(path: &Path) -> i64 {
+    let out = Command::new("python3")
+        .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from samples').fetchone()[0])"])
+        .arg(path)
+        .output()
+        .expect("python3 for sqlite");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn fails_over_to_the_secondary_and_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(&tmp.path().join("pki"));
+    let lab = lab(72);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let primary = Server::start(&lab, &pki, 1194, "198.19.0.0", tmp.path());
+    let _secondary = Server::start(&lab, &pki, 1195, "198.19.1.0", tmp.path());
+    probe_listener(&lab);
+    import_ok(&data, "primary", &pki.client_profile(&lab.noc_address, 1194), 1);
+    import_ok(&data, "secondary", &pki.client_profile(&lab.noc_address, 1195), 2);
+
+    let failover_after = Duration::from_millis(4000);
+    let mut agent = Supervised::start(&lab, &data, &config(4000, 10_000));
+    agent.wait_healthy("primary", Duration::from_secs(30));
+
+    primary.stop();
+    let stopped_at = Instant::now();
+    let status = agent.wait_healthy("secondary", Duration::from_secs(30));
+    let took = stopped_at.elapsed();
+    assert!(
+        took < failover_after + Duration::from_secs(15),
+        "failover took {took:?} (down is seen within ~1.5 s, failover after {failover_after:?}, then a connect)"
+    );
+    assert_eq!(status["tunnel_address"], "198.19.1.2", "{status}");
+    assert!(status["failovers"].as_u64().unwrap() >= 1, "{status}");
+
+    // The last good profile survives an agent restart: with the primary back,
+    // a restarted agent still starts on the secondary...
+    agent.signal(libc::SIGTERM);
+    let exit = agent.child.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(data.join("vpn/state.json")).unwrap()).unwrap();
+    assert_eq!(state["last_good_profile"], "secondary", "{state}");
+    let _primary_again = Server::start(&lab, &pki, 1194, "198.19.0.0", tmp.path());
+    let mut agent = Supervised::start(&lab, &data, &config(4000, 10_000));
+    let first =
+        agent.wait_for("the first CONNECTED after the restart", Duration::from_secs(30), |s| {
+            s["state"] == "CONNECTED"
+        });
+    assert_eq!(first["profile"], "secondary", "{first}");
+
+    // ...and after failback_after of healthy operation there, it returns to the
+    // preferred profile.
+    let on_secondary = Instant::now();
+    let status = agent.wait_healthy("primary", Duration::from_secs(45));
+    assert!(
+        on_secondary.elapsed() >= Duration::from_secs(9),
+        "fail-back came before failback_after_ms"
+    );
+    assert_eq!(status["tunnel_address"], "198.19.0.2", "{status}");
+
+    // Activating a profile switches the running supervisor to it.
+    let out = Command::new(AGENT)
+        .args(["vpn", "profiles", "activate", "secondary", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = agent.wait_healthy("secondary", Duration::from_secs(15));
+    assert_eq!(status["tunnel_address"], "198.19.1.2", "{status}");
+}
+
+/// A helper process, killed and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `raven-agent vpn diag ...` in the appliance namespace and parses its JSON.
+fn diag(lab: &Lab, args: &[&str]) -> Value {
+    let out = lab.appliance.command(AGENT).args(["vpn", "diag"]).args(args).output().unwrap();
+    assert!(out.status.success(), "diag {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("diag {args:?} output: {e}"))
+}
+
+#[test]
+fn diagnostics_through_the_tunnel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(&tmp.path().join("pki"));
+    let lab = lab(73);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let _server = Server::start(&lab, &pki, 1194, "198.19.0.0", tmp.path());
+    probe_listener(&lab);
+    import_ok(&data, "primary", &pki.client_profile(&lab.noc_address, 1194), 10);
+    let mut agent = Supervised::start(&lab, &data, &config(600_000, 600_000));
+    agent.wait_healthy("primary", Duration::from_secs(30));
+
+    // A web server and a DNS server on the NOC side, reached through the tunnel
+    // (192.0.2.1 is routed into the tunnel by the pushed route).
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("blob"), vec![7u8; 2_000_000]).unwrap();
+    let _http = Reaped(
+        lab.noc
+            .command("python3")
+            .args(["-m", "http.server", "--bind", "192.0.2.1", "8080", "--directory"])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _dns = Reaped(
+        lab.noc
+            .command("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file",
+                "--bind-interfaces",
+                "--listen-address=192.0.2.1",
+                "--port=5353",
+                "--host-record=noc.raven.test,192.0.2.7,2001:db8::7",
+                "--cname=www.raven.test,noc.raven.test",
+                "--mx-host=raven.test,noc.raven.test,10",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (package dnsmasq-base)"),
+    );
+
+    let ping = diag(
+        &lab,
+        &["ping", "192.0.2.1", "--count", "3", "--interval-ms", "200", "--size", "1200"],
+    );
+    assert_eq!((ping["sent"].as_u64(), ping["received"].as_u64()), (Some(3), Some(3)), "{ping}");
+    let trace = diag(&lab, &["traceroute", "192.0.2.1", "--max-hops", "5"]);
+    assert_eq!(trace["reached"], true, "{trace}");
+    assert_eq!(
+        trace["hops"].as_array().unwrap().last().unwrap()["address"],
+        "192.0.2.1",
+        "{trace}"
+    );
+    let tcp = diag(&lab, &["tcp", PROBE_TARGET]);
+    assert_eq!(tcp["connected"], true, "{tcp}");
+    let refused = diag(&lab, &["tcp", "192.0.2.1:7001"]);
+    assert_eq!(refused["connected"], false, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("refused"), "{refused}");
+
+    let started = Instant::now();
+    let http = loop {
+        let http = diag(&lab, &["http", "http://192.0.2.1:8080/blob"]);
+        if http["status"] == 200 || started.elapsed() > Duration::from_secs(10) {
+            break http;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        (http["status"].as_u64(), http["bytes"].as_u64()),
+        (Some(200), Some(2_000_000)),
+        "{http}"
+    );
+    assert!(http["bits_per_second"].as_f64().unwrap() > 0.0, "{http}");
+
+    let lookup = |name: &str, record_type: &str| {
+        let started = Instant::now();
+        loop {
+            let report =
+                diag(&lab, &["dns", name, "--type", record_type, "--server", "192.0.2.1:5353"]);
+            if report["rcode"] == "NOERROR" || started.elapsed() > Duration::from_secs(10) {
+                return report;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let a = lookup("noc.raven.test", "a");
+    assert_eq!(a["answers"][0]["data"], "192.0.2.7", "{a}");
+    let aaaa = lookup("noc.raven.test", "aaaa");
+    assert_eq!(aaaa["answers"][0]["data"], "2001:db8::7", "{aaaa}");
+    let cname = lookup("www.raven.test", "cname");
+    assert_eq!(cname["answers"][0]["data"], "noc.raven.test", "{cname}");
+    let mx = lookup("raven.test", "mx");
+    assert_eq!(mx["answers"][0]["data"], "10 noc.raven.test", "{mx}");
+}
