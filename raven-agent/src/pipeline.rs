@@ -210,6 +210,7 @@ impl Running {
                 ("store.data_dir", new.store.data_dir != current.store.data_dir),
                 ("decode.syslog_timezone", new.decode != current.decode),
                 ("windows", new.windows != current.windows),
+                ("vpn", new.vpn != current.vpn),
             ]
             .into_iter()
             .filter_map(|(key, changed)| changed.then_some(key)),
@@ -285,6 +286,17 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     let (history_tx, history_rx) = watch::channel(RateHistory::default());
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
+    // Sinks marked `requires_vpn` send only while the VPN is healthy; with
+    // the supervisor off, the gate stays open.
+    let (vpn_handle, vpn, vpn_status) = if config.vpn.enabled {
+        let handle =
+            crate::vpn::supervisor::Supervisor::start(config.vpn.clone(), store.data_dir())
+                .context("vpn: starting the OpenVPN supervisor")?;
+        let (healthy, status) = (handle.healthy(), handle.status());
+        (Some(handle), healthy, Some(status))
+    } else {
+        (None, watch::channel(true).1, None)
+    };
     let api_task = match config.api.listen.parse() {
         Ok(listen) => {
             let state = ApiState {
@@ -295,6 +307,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                 history: history_rx,
                 tokens: tokens.clone(),
                 store: store.clone(),
+                vpn: vpn_status.clone(),
             };
             let task = api::serve(listen, state, cancel.clone())
                 .await
@@ -308,8 +321,6 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         api::windows::serve(&config.windows, store.clone(), tokens.clone(), cancel.clone())
             .await
             .with_context(|| format!("windows.listen = {:?}", config.windows.listen))?;
-    // Until the VPN supervisor exists every sink may send.
-    let (_vpn_tx, vpn) = watch::channel(true);
     let forwarders = Forwarders::start(&config.forward, &store, &vpn).map_err(|problems| {
         anyhow::anyhow!(
             "{}",
@@ -414,6 +425,9 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     consumer.await?;
     if let Some(forwarders) = running.forwarders.take() {
         forwarders.stop().await;
+    }
+    if let Some(handle) = vpn_handle {
+        handle.stop().await;
     }
     cancel.cancel();
     if let Some(task) = api_task {

@@ -68,6 +68,8 @@ pub struct ApiState {
     pub history: watch::Receiver<status::RateHistory>,
     pub tokens: Arc<RwLock<auth::Tokens>>,
     pub store: crate::store::Store,
+    /// The VPN supervisor's status (None when `vpn.enabled` is off).
+    pub vpn: Option<watch::Receiver<crate::vpn::VpnStatus>>,
 }
 
 /// An error answer: status plus a JSON body `{"error": ..., "problems": [...]}`.

@@ -24,6 +24,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(exporters))
         .routes(routes!(status_page))
         .routes(routes!(status_data))
+        .routes(routes!(vpn_status))
 }
 
 /// The status page (HTML; its data comes from `/api/status`).
@@ -65,6 +66,7 @@ async fn status_data(State(state): State<ApiState>) -> Json<Value> {
         "store": stored.map(|s| json!({ "state": s.state, "reasons": s.reasons,
             "disk_free_bytes": s.disk_free_bytes, "disk_total_bytes": s.disk_total_bytes })),
         "sinks": sinks(&state),
+        "vpn": state.vpn.as_ref().map(|v| v.borrow().clone()),
     }))
 }
 
@@ -102,6 +104,24 @@ fn sinks(state: &ApiState) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// The VPN supervisor: state, profile, tunnel address, bytes, health with
+/// reasons, the last probes. 404 when `vpn.enabled` is off.
+#[utoipa::path(
+    get,
+    path = "/api/vpn/status",
+    responses((status = 200, body = crate::vpn::VpnStatus), (status = 401, body = Object), (status = 404, body = Object))
+)]
+async fn vpn_status(
+    State(state): State<ApiState>,
+) -> Result<Json<crate::vpn::VpnStatus>, ApiError> {
+    match &state.vpn {
+        Some(status) => Ok(Json(status.borrow().clone())),
+        None => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "the VPN supervisor is off (vpn.enabled)"))
+        }
+    }
 }
 
 /// The process is alive and serving.
