@@ -7,7 +7,9 @@
 //! and prints every status as a JSON line. Invariants checked: CONNECTED with the
 //! tunnel address, health from probes, cuts seen by the probes before OpenVPN's
 //! own timeout, `>HOLD` released after SIGUSR1, failover and fail-back, bad
-//! profiles refused while the tunnel keeps running, clean stop.
+//! profiles refused while the tunnel keeps running, clean stop; and, with the
+//! whole agent (`raven-agent run`), a sink that needs the VPN pauses while the
+//! tunnel is cut (nothing sent, backlog measured) and drains in order after.
 
 mod common;
 #[path = "common/pki.rs"]
@@ -570,4 +572,151 @@ fn diagnostics_through_the_tunnel() {
     assert_eq!(cname["answers"][0]["data"], "noc.raven.test", "{cname}");
     let mx = lookup("raven.test", "mx");
     assert_eq!(mx["answers"][0]["data"], "10 noc.raven.test", "{mx}");
+}
+
+/// GET from the agent's API inside the appliance namespace.
+fn api_get(lab: &Lab, path: &str) -> String {
+    let out = lab
+        .appliance
+        .command("curl")
+        .args(["-s", "--max-time", "5", &format!("http://127.0.0.1:9184{path}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(lab: &Lab, name: &str) -> f64 {
+    api_get(lab, "/metrics")
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn lines_at_noc(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.rsplit_once("seq=")?.1.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(&tmp.path().join("pki"));
+    let lab = lab(73);
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let _server = Server::start(&lab, &pki, 1194, "198.19.3.0", tmp.path());
+    probe_listener(&lab);
+    import_ok(&data, "primary", &pki.client_profile(&lab.noc_address, 1194), 10);
+    // The NOC's rsyslogd listens on the address behind the tunnel.
+    let noc_dir = tmp.path().join("noc");
+    std::fs::create_dir_all(&noc_dir).unwrap();
+    let _rsyslog =
+        common::noc::rsyslog_at(&lab.noc, &noc_dir, "192.0.2.1", 10514, "module(load=\"imtcp\")\n");
+    let received = noc_dir.join("received.log");
+
+    let config = format!(
+        "[capture]\nmode = \"socket\"\nports = [{{port = 514, stream = \"syslog\"}}]\n\
+         [windows]\nlisten = \"\"\n\
+         [api]\nlisten = \"127.0.0.1:9184\"\nopen_paths = [\"/healthz\", \"/metrics\", \"/api/vpn/status\"]\n\
+         [forward]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nprobe_interval_ms = 500\n\
+         [[forward.sinks]]\nname = \"noc\"\nprotocol = \"syslog_tcp\"\nendpoint = \"192.0.2.1:10514\"\n\
+         requires_vpn = true\nconnect_timeout_ms = 1000\n{}",
+        config(600_000, 600_000)
+    );
+    let config_path = tmp.path().join("raven.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let log = tmp.path().join("agent.log");
+    let agent = lab
+        .appliance
+        .command(AGENT)
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .arg("--data-dir")
+        .arg(&data)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _agent = Reaped(agent);
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let vpn = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status: Value =
+                serde_json::from_str(&api_get(&lab, "/api/vpn/status")).unwrap_or(Value::Null);
+            if status["health"]["state"] == want {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "VPN never {want}: {status}\n{}", agent_log());
+            thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let send = |range: std::ops::Range<u64>| {
+        let socket = lab.appliance.udp_socket("127.0.0.1:0");
+        for seq in range {
+            socket
+                .send_to(format!("<14>venue line seq={seq}").as_bytes(), "127.0.0.1:514")
+                .unwrap();
+            if seq % 20 == 19 {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    };
+    let wait_lines = |n: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines_at_noc(&received).iter().collect::<std::collections::BTreeSet<_>>().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} lines\n{}",
+                lines_at_noc(&received).len(),
+                agent_log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    vpn("up");
+    send(0..200);
+    wait_lines(200, "through the tunnel");
+
+    // Cut the tunnel: the sink pauses (no sends while the VPN is down), the
+    // backlog grows, capture and storage go on.
+    nft(
+        &lab.appliance,
+        "table inet cut {\n chain out { type filter hook output priority 0; udp dport 1194 drop; }\n \
+         chain in { type filter hook input priority 0; udp sport 1194 drop; }\n}\n",
+    );
+    vpn("down");
+    let failures_before = metric(&lab, "raven_forward_sent_records_total{sink=\"noc\"}");
+    send(200..400);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let backlog = "raven_forward_backlog_records{sink=\"noc\",stream=\"syslog\"}";
+    while metric(&lab, backlog) < 200.0 {
+        assert!(Instant::now() < deadline, "backlog never grew\n{}", agent_log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        metric(&lab, "raven_forward_sent_records_total{sink=\"noc\"}"),
+        failures_before,
+        "nothing is sent to a sink that needs the VPN while it is down"
+    );
+    assert_eq!(lines_at_noc(&received).len(), 200);
+
+    // Restore: the VPN comes back healthy and the backlog drains in order.
+    nft(&lab.appliance, "delete table inet cut\n");
+    vpn("up");
+    wait_lines(400, "the backlog after the VPN returned");
+    let got = lines_at_noc(&received);
+    let mut first_seen = Vec::new();
+    for seq in &got {
+        if !first_seen.contains(seq) {
+            first_seen.push(*seq);
+        }
+    }
+    assert_eq!(first_seen, (0..400).collect::<Vec<_>>(), "every line, in order");
+    assert!(got.len() - 400 <= 512, "duplicates within one batch: {}", got.len() - 400);
 }

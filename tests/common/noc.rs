@@ -116,6 +116,18 @@ pub fn tcp_listening(ns: &Netns, addr: &str) -> bool {
 /// rsyslogd with `input_module` (the imtcp module line, with its TLS
 /// settings when wanted), writing each raw message as a line.
 pub fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> Process {
+    rsyslog_at(noc, dir, NOC, port, input_module)
+}
+
+/// `rsyslogd` listening on `address:port` in `noc`, writing each raw
+/// message as a line to `dir/received.log`.
+pub fn rsyslog_at(
+    noc: &Netns,
+    dir: &Path,
+    address: &str,
+    port: u16,
+    input_module: &str,
+) -> Process {
     let udp = input_module.contains("imudp");
     let conf = dir.join("rsyslog.conf");
     let work = dir.join("work");
@@ -125,7 +137,7 @@ pub fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> P
         format!(
             "global(workDirectory=\"{work}\")\n\
              {input_module}\
-             input(type=\"{input}\" port=\"{port}\" address=\"{NOC}\")\n\
+             input(type=\"{input}\" port=\"{port}\" address=\"{address}\")\n\
              template(name=\"raw\" type=\"string\" string=\"%rawmsg%\\n\")\n\
              action(type=\"omfile\" file=\"{out}\" template=\"raw\")\n",
             work = work.display(),
@@ -141,9 +153,9 @@ pub fn rsyslog_with(noc: &Netns, dir: &Path, port: u16, input_module: &str) -> P
     wait_until("rsyslogd to listen", Duration::from_secs(15), || {
         if udp {
             let out = noc.run("ss", &["-ulnH"]);
-            String::from_utf8_lossy(&out.stdout).contains(&format!("{NOC}:{port}"))
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{address}:{port}"))
         } else {
-            tcp_listening(noc, &format!("{NOC}:{port}"))
+            tcp_listening(noc, &format!("{address}:{port}"))
         }
     });
     process

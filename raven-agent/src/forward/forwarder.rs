@@ -109,10 +109,21 @@ pub async fn run(
             return;
         }
         if sink.requires_vpn() && !*vpn.borrow() {
+            // Paused: nothing is sent, but the backlog it builds up is
+            // still measured as records become durable.
+            for &stream in &streams {
+                let from = backlog.cursor(&name, stream).ok().flatten().map_or(0, |c| c + 1);
+                let oldest = tokio::task::block_in_place(|| backlog.read(stream, from, 1))
+                    .unwrap_or_default();
+                publish_backlog(&name, stream, &*backlog, from, oldest.first());
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = vpn.changed() => continue,
+                _ = vpn.changed() => {}
+                _ = durable.changed() => {}
+                _ = tokio::time::sleep(probe_interval) => {}
             }
+            continue;
         }
         let mut progressed = false;
         let mut failed = false;
