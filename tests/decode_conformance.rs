@@ -11,25 +11,6 @@ use std::{path::Path, process::Command};
 use common::AGENT;
 use serde_json::Value;
 
-fn expected_files() -> Vec<Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/expected");
-    let mut out = Vec::new();
-    let mut dirs = vec![root];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "json")
-                && !path.ends_with("_index.json")
-            {
-                out.push(serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 fn decode(file: &str, stream: &str) -> Vec<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(file);
     let out = Command::new(AGENT).args(["decode", "--stream", stream]).arg(&path).output().unwrap();
@@ -56,7 +37,7 @@ fn snmp_pdu(tshark: &str) -> &str {
 fn syslog_and_snmp_agree_with_tshark_on_every_shared_capture() {
     let (mut files, mut syslog, mut snmp, mut known_limits) = (0, 0, 0, 0);
     let mut disagreements = Vec::new();
-    for expected in expected_files() {
+    for expected in common::shared_expected() {
         let Some(list) = expected["datagrams"].as_array() else { continue };
         if expected["input"]["kind"] != "pcap" {
             continue;

@@ -8,36 +8,17 @@
 
 mod common;
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
 use raven_agent::decode::flow::FlowDecoder;
 use serde_json::Value;
-
-fn expected_files() -> Vec<Value> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/expected");
-    let mut out = Vec::new();
-    let mut dirs = vec![root];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "json")
-                && !path.ends_with("_index.json")
-            {
-                out.push(serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap());
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
     let (mut files, mut datagrams, mut flows_compared, mut known_limits) = (0, 0, 0, 0);
     let mut records_compared = 0;
     let mut disagreements = Vec::new();
-    for expected in expected_files() {
+    for expected in common::shared_expected() {
         let Some(list) = expected["datagrams"].as_array() else { continue };
         let is_flow = |d: &Value| matches!(d["protocol"].as_str(), Some("netflow" | "ipfix"));
         if !list.iter().any(is_flow) || expected["input"]["kind"] != "pcap" {

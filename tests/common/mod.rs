@@ -360,6 +360,26 @@ pub fn receive_all(socket: &UdpSocket, n: usize, timeout: Duration) -> Vec<Vec<u
     got
 }
 
+/// tshark's decode of every shared capture (`../shared/data/expected/*.json`).
+pub fn shared_expected() -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/expected");
+    let mut out = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && !path.ends_with("_index.json")
+            {
+                out.push(serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// The UDP payloads of a pcap or pcapng file in `../shared/data`, with their
 /// destination ports, in file order.
 pub fn shared_capture(relative: &str) -> Vec<(u16, Vec<u8>)> {

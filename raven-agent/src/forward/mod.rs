@@ -162,6 +162,32 @@ pub(crate) async fn resolve(endpoint: &str) -> Result<SocketAddr, SinkError> {
         .ok_or_else(|| resolve_error("no address".to_string()))
 }
 
+/// The connected UDP socket a datagram sink sends from, made on first use.
+/// A pending ICMP error from an earlier send (port unreachable) fails the
+/// next use, which is how a UDP sink notices an absent receiver.
+pub(crate) async fn connected_udp<'a>(
+    slot: &'a mut Option<tokio::net::UdpSocket>,
+    endpoint: &str,
+) -> Result<&'a tokio::net::UdpSocket, SinkError> {
+    if slot.is_none() {
+        let addr = resolve(endpoint).await?;
+        let local: SocketAddr = if addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let connect_error = |source| SinkError::Connect { endpoint: endpoint.to_string(), source };
+        let socket = tokio::net::UdpSocket::bind(local).await.map_err(connect_error)?;
+        socket.connect(addr).await.map_err(connect_error)?;
+        *slot = Some(socket);
+    }
+    let socket = slot.as_ref().expect("just set");
+    if let Ok(Some(e)) = socket.take_error() {
+        return Err(SinkError::Write(e));
+    }
+    Ok(socket)
+}
+
 /// An upstream destination speaking one protocol.
 #[allow(clippy::large_enum_variant)] // one per configured sink
 pub enum Sink {

@@ -17,11 +17,9 @@
 //!   and counted (`unparsed`). Neither is ever sent to a trap receiver.
 //! - Acknowledged: the kernel accepted the datagram (UDP).
 
-use std::net::SocketAddr;
-
 use tokio::net::UdpSocket;
 
-use super::{Delivered, Outgoing, SinkError, SinkFailure, resolve};
+use super::{Delivered, Outgoing, SinkError, SinkFailure};
 use crate::{
     config::SinkConfig,
     decode::snmp::{INFORM, Message, TRAP_V1, TRAP_V2, classify},
@@ -80,24 +78,7 @@ impl SnmpSink {
     }
 
     async fn socket(&mut self) -> Result<&UdpSocket, SinkError> {
-        if self.socket.is_none() {
-            let addr = resolve(&self.endpoint).await?;
-            let local: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let connect_error =
-                |source| SinkError::Connect { endpoint: self.endpoint.clone(), source };
-            let socket = UdpSocket::bind(local).await.map_err(connect_error)?;
-            socket.connect(addr).await.map_err(connect_error)?;
-            self.socket = Some(socket);
-        }
-        let socket = self.socket.as_ref().expect("just set");
-        if let Ok(Some(e)) = socket.take_error() {
-            return Err(SinkError::Write(e));
-        }
-        Ok(socket)
+        super::connected_udp(&mut self.socket, &self.endpoint).await
     }
 
     pub async fn probe(&mut self) -> Result<(), SinkError> {

@@ -240,25 +240,7 @@ impl SyslogSink {
     }
 
     async fn udp_socket(&mut self) -> Result<&UdpSocket, SinkError> {
-        if self.udp.is_none() {
-            let addr = resolve(&self.endpoint).await?;
-            let local: std::net::SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let connect_error =
-                |source| SinkError::Connect { endpoint: self.endpoint.clone(), source };
-            let socket = UdpSocket::bind(local).await.map_err(connect_error)?;
-            socket.connect(addr).await.map_err(connect_error)?;
-            self.udp = Some(socket);
-        }
-        let socket = self.udp.as_ref().expect("just set");
-        // A pending ICMP error (e.g. port unreachable) from an earlier send.
-        if let Ok(Some(e)) = socket.take_error() {
-            return Err(SinkError::Write(e));
-        }
-        Ok(socket)
+        super::connected_udp(&mut self.udp, &self.endpoint).await
     }
 
     pub async fn probe(&mut self) -> Result<(), SinkError> {

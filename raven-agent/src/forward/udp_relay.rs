@@ -27,13 +27,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     time::Duration,
 };
 
 use tokio::{net::UdpSocket, time::Instant};
 
-use super::{Delivered, Outgoing, SinkError, SinkFailure, resolve};
+use super::{Delivered, Outgoing, SinkError, SinkFailure};
 use crate::config::SinkConfig;
 
 /// Largest template datagram Raven builds (fits a 1500-byte path with room
@@ -327,24 +327,7 @@ impl UdpRelaySink {
     }
 
     async fn socket(&mut self) -> Result<&UdpSocket, SinkError> {
-        if self.socket.is_none() {
-            let addr = resolve(&self.endpoint).await?;
-            let local: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let connect_error =
-                |source| SinkError::Connect { endpoint: self.endpoint.clone(), source };
-            let socket = UdpSocket::bind(local).await.map_err(connect_error)?;
-            socket.connect(addr).await.map_err(connect_error)?;
-            self.socket = Some(socket);
-        }
-        let socket = self.socket.as_ref().expect("just set");
-        if let Ok(Some(e)) = socket.take_error() {
-            return Err(SinkError::Write(e));
-        }
-        Ok(socket)
+        super::connected_udp(&mut self.socket, &self.endpoint).await
     }
 
     pub async fn probe(&mut self) -> Result<(), SinkError> {
