@@ -147,6 +147,19 @@ struct State {
     pending: Vec<PendingBlock>,
 }
 
+impl State {
+    fn new(index: Index) -> State {
+        State {
+            index,
+            open: BTreeMap::new(),
+            next_seq: BTreeMap::new(),
+            blocks: HashMap::new(),
+            degraded: BTreeMap::new(),
+            pending: Vec::new(),
+        }
+    }
+}
+
 struct PendingBlock {
     segment: i64,
     last_seq: u64,
@@ -250,14 +263,7 @@ impl Store {
                 dir,
                 _lock: Some(lock),
                 config: Mutex::new(config.clone()),
-                state: Mutex::new(State {
-                    index,
-                    open: BTreeMap::new(),
-                    next_seq: BTreeMap::new(),
-                    blocks: HashMap::new(),
-                    degraded: BTreeMap::new(),
-                    pending: Vec::new(),
-                }),
+                state: Mutex::new(State::new(index)),
                 durable,
             }),
         };
@@ -280,14 +286,7 @@ impl Store {
                     data_dir: dir.to_string_lossy().into_owned(),
                     ..StoreConfig::default()
                 }),
-                state: Mutex::new(State {
-                    index,
-                    open: BTreeMap::new(),
-                    next_seq: BTreeMap::new(),
-                    blocks: HashMap::new(),
-                    degraded: BTreeMap::new(),
-                    pending: Vec::new(),
-                }),
+                state: Mutex::new(State::new(index)),
                 durable,
             }),
         };

@@ -175,21 +175,9 @@ fn traceroute_blocking(
         udp.send_to(b"raven-traceroute", (target, port)).map_err(|e| format!("send: {e}"))?;
         let mut hop = Hop { ttl, address: None, rtt_ms: None };
         while let Some(left) = timeout.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) {
-            icmp.set_read_timeout(Some(left)).map_err(|e| format!("set timeout: {e}"))?;
-            let (len, from) = match icmp.recv_from(&mut buf) {
-                Ok(got) => got,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break;
-                }
-                Err(e) => return Err(format!("receive: {e}")),
+            let Some((bytes, from)) = super::health::recv_raw(&icmp, &mut buf, left)? else {
+                break;
             };
-            // SAFETY: recv_from initialised the first `len` bytes.
-            let bytes: Vec<u8> = buf[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
             if let Some((icmp_type, destination, quoted_port)) = quoted_udp(&bytes)
                 && destination == target
                 && quoted_port == port

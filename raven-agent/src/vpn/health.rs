@@ -124,6 +124,30 @@ fn icmp_checksum(bytes: &[u8]) -> u16 {
 }
 
 /// One ICMP echo over a raw socket (needs CAP_NET_RAW), blocking up to `deadline`.
+/// One datagram from a raw socket within `left`; `None` when none came.
+pub(crate) fn recv_raw(
+    socket: &Socket,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    left: Duration,
+) -> Result<Option<(Vec<u8>, socket2::SockAddr)>, String> {
+    socket.set_read_timeout(Some(left)).map_err(|e| format!("set timeout: {e}"))?;
+    match socket.recv_from(buf) {
+        // SAFETY: recv_from initialised the first `len` bytes.
+        Ok((len, from)) => {
+            Ok(Some((buf[..len].iter().map(|b| unsafe { b.assume_init() }).collect(), from)))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(format!("receive: {e}")),
+    }
+}
+
 pub(crate) fn icmp_echo_blocking(
     target: IpAddr,
     deadline: Duration,
@@ -156,21 +180,7 @@ pub(crate) fn icmp_echo_blocking(
         let Some(left) = left else {
             return Err(format!("no echo reply within {} ms", deadline.as_millis()));
         };
-        socket.set_read_timeout(Some(left)).map_err(|e| format!("set timeout: {e}"))?;
-        let (len, from) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) => return Err(format!("receive: {e}")),
-        };
-        // SAFETY: recv_from initialised the first `len` bytes.
-        let bytes: Vec<u8> = buf[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let Some((bytes, from)) = recv_raw(&socket, &mut buf, left)? else { continue };
         if from.as_socket().map(|a| a.ip()) != Some(target) {
             continue;
         }
