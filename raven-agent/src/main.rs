@@ -36,6 +36,13 @@ enum Command {
     Store(raven_agent::store::cli::StoreArgs),
     /// Ask the running agent to re-send a stored range to a sink.
     Replay(raven_agent::api::client::ReplayArgs),
+    /// (For `cargo xtask bench capture`: drop every frame on an interface in
+    /// XDP until interrupted — the lab's ceiling.)
+    #[command(hide = true)]
+    XdpDrop {
+        #[arg(long)]
+        interface: String,
+    },
     /// OpenVPN profiles and supervision.
     Vpn(raven_agent::vpn::cli::VpnArgs),
 }
@@ -95,6 +102,12 @@ fn main() -> anyhow::Result<()> {
                 pipeline::run(args.config, overrides).await
             }
             Command::Tap(args) => tap::run(args).await,
+            Command::XdpDrop { interface } => {
+                let _attached = raven_agent::capture::xdp::attach_drop(&interface)?;
+                eprintln!("dropping every frame on {interface}");
+                tokio::signal::ctrl_c().await?;
+                Ok(())
+            }
             Command::Decode(args) => raven_agent::decode::cli::run(args),
             Command::Segments(args) => raven_agent::store::cli::segments(args),
             Command::Store(args) => raven_agent::store::cli::store(args),

@@ -94,6 +94,14 @@ enum Parsed {
     Pass(u32),
 }
 
+/// Drops every frame: the lab's ceiling for `cargo xtask bench capture`
+/// (what a veth delivers into XDP when nothing is copied). Never attached
+/// by the agent's capture.
+#[xdp]
+pub fn raven_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 #[xdp]
 pub fn raven(ctx: XdpContext) -> u32 {
     count(counter::FRAMES_SEEN);

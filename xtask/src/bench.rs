@@ -8,9 +8,11 @@
 //!   and remove them and their processes even when they fail.
 //!
 //! `capture`: one sender in a `venue` namespace sends RFC 3164 syslog
-//! datagrams over a veth to an `appliance` namespace, first paced, then as
-//! fast as it can. Receivers, one at a time: Raven with XDP (steal), Raven
-//! with sockets only, and rsyslogd's imudp writing to a file. For each:
+//! datagrams over a veth to an `appliance` namespace at rising rates, then
+//! as fast as it can. Receivers, one at a time: an XDP program that drops
+//! everything (the lab's ceiling, counted by the veth's `xdp_drops`), Raven
+//! with XDP (steal), Raven with sockets only, and rsyslogd's imudp writing
+//! to a file. For each:
 //! datagrams received, loss, and the receiver's CPU time per million
 //! records (from `/proc/PID/stat`). XDP's own cost runs in the softirq of
 //! the receiving CPU and is not in that figure; the flood phase shows it
@@ -87,6 +89,16 @@ impl Lab {
             lab.ip(ns, &["link", "set", ifname, "up"])?;
             lab.ip(ns, &["link", "set", "lo", "up"])?;
         }
+        // A permanent neighbour entry: the XDP_DROP ceiling drops ARP too.
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.appliance, "cat"])
+            .arg(format!("/sys/class/net/{}/address", lab.appliance_if))
+            .output()?;
+        let mac = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        lab.ip(
+            &lab.venue,
+            &["neigh", "replace", APPLIANCE, "lladdr", &mac, "dev", &venue_if, "nud", "permanent"],
+        )?;
         Ok(lab)
     }
 
@@ -169,6 +181,26 @@ fn raven(lab: &Lab, dir: &Path, agent: &Path, mode: &str) -> anyhow::Result<Rece
     Ok(Receiver { child, count: Box::new(count) })
 }
 
+/// `raven-agent xdp-drop`: every frame dropped in XDP, counted by the
+/// veth's own `xdp_drops` statistics — the lab's ceiling.
+fn xdp_drop(lab: &Lab, agent: &Path) -> anyhow::Result<Receiver> {
+    let child =
+        lab.spawn(&lab.appliance, agent, &["xdp-drop", "--interface", &lab.appliance_if])?;
+    let (ns, interface) = (lab.appliance.clone(), lab.appliance_if.clone());
+    let count = move || -> anyhow::Result<u64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "ethtool", "-S", &interface])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("rx_queue_") && l.contains("_xdp_drops:"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    };
+    Ok(Receiver { child, count: Box::new(count) })
+}
+
 fn rsyslogd(lab: &Lab, dir: &Path) -> anyhow::Result<Receiver> {
     let out = dir.join("rsyslog.out");
     let work = dir.join("rsyslog-work");
@@ -199,7 +231,8 @@ fn rsyslogd(lab: &Lab, dir: &Path) -> anyhow::Result<Receiver> {
 
 struct Row {
     receiver: &'static str,
-    phase: &'static str,
+    /// Offered datagrams per second; 0: as fast as the sender goes.
+    phase: u64,
     sent: u64,
     received: u64,
     send_secs: f64,
@@ -264,7 +297,8 @@ pub fn capture(count: u64, rate: u64) -> anyhow::Result<()> {
     let lab = Lab::new()?;
     let mut rows = Vec::new();
     type Start = fn(&Lab, &Path, &Path) -> anyhow::Result<Receiver>;
-    let receivers: [(&str, Start); 3] = [
+    let receivers: [(&str, Start); 4] = [
+        ("XDP_DROP ceiling", |lab, _, agent| xdp_drop(lab, agent)),
         ("raven xdp", |lab, dir, agent| raven(lab, dir, agent, "xdp")),
         ("raven socket", |lab, dir, agent| raven(lab, dir, agent, "socket")),
         ("rsyslogd imudp", |lab, dir, _| rsyslogd(lab, dir)),
@@ -272,7 +306,8 @@ pub fn capture(count: u64, rate: u64) -> anyhow::Result<()> {
     for (name, start) in receivers {
         let receiver = start(&lab, &dir, &agent)?;
         let mut base = ready(&receiver, &lab, &sender)?;
-        for (phase, phase_rate) in [("paced", rate), ("flood", 0)] {
+        let phases = [rate / 4, rate / 2, rate, rate * 2, 0];
+        for (phase, phase_rate) in phases.iter().map(|&r| (r, r)) {
             let cpu_before = cpu_seconds(receiver.child.id());
             let (sent, send_secs, _) = send_from(&lab, &sender, count, phase_rate)?;
             let total = settle(&receiver, base + sent);
@@ -297,14 +332,18 @@ pub fn capture(count: u64, rate: u64) -> anyhow::Result<()> {
 fn print_rows(rows: &[Row], count: u64, rate: u64) {
     println!("\n## capture — {} — {}", machine(), today());
     println!(
-        "{count} RFC 3164 datagrams of 120 bytes per phase over a veth; paced at {rate}/s, \
-         then flood (as fast as one sender core goes)\n"
+        "{count} RFC 3164 datagrams of 120 bytes per phase over a veth, offered at {}, {}, {}, {}/s \
+         and then as fast as one sender core goes (flood)\n",
+        rate / 4,
+        rate / 2,
+        rate,
+        rate * 2
     );
     println!(
-        "| receiver | phase | sent/s | received | loss | receiver CPU s per M records | CPU vs rsyslogd |"
+        "| receiver | offered | sent/s | received | loss | captured/s | receiver CPU s per M records | CPU vs rsyslogd |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let peer = |phase: &str| {
+    println!("|---|---|---|---|---|---|---|---|");
+    let peer = |phase: u64| {
         rows.iter()
             .find(|r| r.receiver.starts_with("rsyslogd") && r.phase == phase)
             .map(|r| r.cpu_secs / r.received.max(1) as f64)
@@ -314,15 +353,19 @@ fn print_rows(rows: &[Row], count: u64, rate: u64) {
         let ratio = peer(r.phase)
             .map(|p| format!("{:.2}×", (r.cpu_secs / r.received.max(1) as f64) / p))
             .unwrap_or_default();
+        let offered = if r.phase == 0 { "flood".to_string() } else { format!("{}/s", r.phase) };
+        let (cpu, ratio) = if r.receiver.starts_with("XDP_DROP") {
+            ("–".to_string(), String::new()) // runs in softirq, not in a process
+        } else {
+            (format!("{per_m:.2}"), ratio)
+        };
         println!(
-            "| {} | {} | {:.0} | {} | {:.2} % | {:.2} | {} |",
+            "| {} | {offered} | {:.0} | {} | {:.2} % | {:.0} | {cpu} | {ratio} |",
             r.receiver,
-            r.phase,
             r.sent as f64 / r.send_secs,
             r.received,
             100.0 * (r.sent.saturating_sub(r.received)) as f64 / r.sent as f64,
-            per_m,
-            ratio
+            r.received as f64 / r.send_secs,
         );
     }
 }

@@ -288,3 +288,21 @@ fn verifier_message(error: &aya::programs::ProgramError) -> String {
         other => error_chain(other),
     }
 }
+
+/// Attaches the object's `raven_drop` program (every frame dropped) to
+/// `interface` until the returned guard drops: the benchmark's ceiling.
+pub fn attach_drop(interface: &str) -> Result<(aya::Ebpf, XdpLinkId), CaptureError> {
+    let mut ebpf =
+        aya::EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| CaptureError::Load(e.to_string()))?;
+    let program: &mut Xdp = ebpf
+        .program_mut("raven_drop")
+        .ok_or_else(|| CaptureError::Load("no raven_drop program in the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| CaptureError::Load(e.to_string()))?;
+    program.load().map_err(|e| CaptureError::Load(e.to_string()))?;
+    let link = program
+        .attach(interface, XdpMode::Driver)
+        .or_else(|_| program.attach(interface, XdpMode::Skb))
+        .map_err(|e| CaptureError::Load(e.to_string()))?;
+    Ok((ebpf, link))
+}
