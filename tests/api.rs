@@ -207,3 +207,57 @@ fn buffer_endpoints_report_the_store_and_schedule_work() {
     assert_eq!(status, 404);
     assert!(agent.stop().success());
 }
+
+#[path = "common/pki.rs"]
+mod pki;
+
+#[test]
+fn vpn_profiles_are_validated_on_import_and_diagnostics_answer() {
+    let lab = Lab::new();
+    let agent = Agent::with_files(&lab, &config(&lab), &[("tokens", NEW)], &[]);
+    agent.wait_until_attached();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(dir.path());
+    let good = pki.client_profile("198.18.0.2", 1194);
+
+    let (status, body) = agent.http("GET", "/api/vpn/status", Some(NEW), None).unwrap();
+    assert_eq!(status, 404, "the supervisor is off: {body}");
+    let bad = good.replace("client\n", "client\nscript-security 2\n");
+    let (status, body) =
+        agent.http("POST", "/api/vpn/profiles/noc", Some(NEW), Some(&bad)).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("script-security"), "{body}");
+    let (status, body) = agent.http("GET", "/api/vpn/profiles", Some(NEW), None).unwrap();
+    assert_eq!((status, json(&body)), (200, serde_json::json!([])), "a refusal stores nothing");
+
+    let (status, body) =
+        agent.http("POST", "/api/vpn/profiles/noc?priority=5", Some(NEW), Some(&good)).unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(json(&body)["remotes"][0], "198.18.0.2:1194", "{body}");
+    let (_, body) = agent.http("GET", "/api/vpn/profiles", Some(NEW), None).unwrap();
+    assert_eq!(json(&body)[0]["name"], "noc");
+    assert_eq!(json(&body)[0]["priority"], 5);
+    let (status, _) =
+        agent.http("POST", "/api/vpn/profiles/noc/activate", Some(NEW), None).unwrap();
+    assert_eq!(status, 204);
+    let (status, _) = agent.http("DELETE", "/api/vpn/profiles/noc", None, None).unwrap();
+    assert_eq!(status, 401, "mutations need a token");
+    let (status, _) = agent.http("DELETE", "/api/vpn/profiles/noc", Some(NEW), None).unwrap();
+    assert_eq!(status, 204);
+    let (status, _) = agent.http("DELETE", "/api/vpn/profiles/noc", Some(NEW), None).unwrap();
+    assert_eq!(status, 404);
+
+    // Diagnostics: the API's own port answers, a closed one does not.
+    let (_, body) = agent
+        .http("GET", &format!("/api/vpn/diagnostics/tcp?target={METRICS_LISTEN}"), Some(NEW), None)
+        .unwrap();
+    assert_eq!(json(&body)["connected"], true, "{body}");
+    let (_, body) = agent
+        .http("GET", "/api/vpn/diagnostics/tcp?target=198.18.0.2:9&timeout_ms=500", Some(NEW), None)
+        .unwrap();
+    assert_eq!(json(&body)["connected"], false, "{body}");
+    let (_, body) = agent
+        .http("GET", "/api/vpn/diagnostics/ping?target=198.18.0.2&count=2", Some(NEW), None)
+        .unwrap();
+    assert_eq!(json(&body)["received"], 2, "{body}");
+}

@@ -18,6 +18,7 @@ mod buffer;
 pub mod client;
 mod routes;
 pub mod status;
+mod vpn;
 pub mod windows;
 
 use std::{
@@ -119,6 +120,7 @@ pub fn router_and_doc() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::routes())
         .merge(buffer::routes())
+        .merge(vpn::routes())
         .split_for_parts()
 }
 
