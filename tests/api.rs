@@ -240,6 +240,15 @@ fn vpn_profiles_are_validated_on_import_and_diagnostics_answer() {
     let (status, _) =
         agent.http("POST", "/api/vpn/profiles/noc/activate", Some(NEW), None).unwrap();
     assert_eq!(status, 204);
+    let (status, body) =
+        agent.http("POST", "/api/vpn/profiles/noc/priority?value=7", Some(NEW), None).unwrap();
+    assert_eq!((status, json(&body)["priority"].clone()), (200, 7.into()), "{body}");
+    let (status, body) = agent.http("POST", "/api/vpn/validate", Some(NEW), Some(&good)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = agent.http("POST", "/api/vpn/validate", Some(NEW), Some(&bad)).unwrap();
+    assert_eq!(status, 400);
+    let (status, body) = agent.http("GET", "/api/vpn/history", Some(NEW), None).unwrap();
+    assert_eq!((status, json(&body)), (200, serde_json::json!([])), "no supervisor, no samples");
     let (status, _) = agent.http("DELETE", "/api/vpn/profiles/noc", None, None).unwrap();
     assert_eq!(status, 401, "mutations need a token");
     let (status, _) = agent.http("DELETE", "/api/vpn/profiles/noc", Some(NEW), None).unwrap();
@@ -260,4 +269,13 @@ fn vpn_profiles_are_validated_on_import_and_diagnostics_answer() {
         .http("GET", "/api/vpn/diagnostics/ping?target=198.18.0.2&count=2", Some(NEW), None)
         .unwrap();
     assert_eq!(json(&body)["received"], 2, "{body}");
+    let url = format!("/api/vpn/diagnostics/http?url=http://{METRICS_LISTEN}/healthz");
+    let (_, body) = agent.http("GET", &url, Some(NEW), None).unwrap();
+    assert_eq!(json(&body)["status"], 200, "{body}");
+    assert_eq!(json(&body)["bytes"], 3, "{body}");
+    let url = "/api/vpn/diagnostics/traceroute?target=198.18.0.2&max_hops=3";
+    let (_, body) = agent.http("GET", url, Some(NEW), None).unwrap();
+    assert_eq!(json(&body)["reached"], true, "{body}");
+    let url = "/api/vpn/diagnostics/dns?server=198.18.0.2:53&name=x&type=SOA";
+    assert_eq!(agent.http("GET", url, Some(NEW), None).unwrap().0, 400, "unsupported type");
 }
