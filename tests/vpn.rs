@@ -621,7 +621,7 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
     let config = format!(
         "[capture]\nmode = \"socket\"\nports = [{{port = 514, stream = \"syslog\"}}]\n\
          [windows]\nlisten = \"\"\n\
-         [api]\nlisten = \"127.0.0.1:9184\"\nopen_paths = [\"/healthz\", \"/metrics\", \"/api/vpn/status\"]\n\
+         [api]\nlisten = \"127.0.0.1:9184\"\nopen_paths = [\"/healthz\", \"/metrics\", \"/api/vpn/status\"]\nstatus_page_public = true\n\
          [forward]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nprobe_interval_ms = 500\n\
          [[forward.sinks]]\nname = \"noc\"\nprotocol = \"syslog_tcp\"\nendpoint = \"192.0.2.1:10514\"\n\
          requires_vpn = true\nconnect_timeout_ms = 1000\n{}",
@@ -718,5 +718,10 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
         }
     }
     assert_eq!(first_seen, (0..400).collect::<Vec<_>>(), "every line, in order");
+    // The status page's data carries the last hour of probes, cut ones included.
+    let status: Value = serde_json::from_str(&api_get(&lab, "/api/status")).unwrap_or(Value::Null);
+    let probes = status["vpn_history"].as_array().cloned().unwrap_or_default();
+    assert!(probes.iter().any(|p| p["ok"] == true), "{status}");
+    assert!(probes.iter().any(|p| p["ok"] == false), "the cut shows in the history: {status}");
     assert!(got.len() - 400 <= 512, "duplicates within one batch: {}", got.len() - 400);
 }

@@ -67,7 +67,32 @@ async fn status_data(State(state): State<ApiState>) -> Json<Value> {
             "disk_free_bytes": s.disk_free_bytes, "disk_total_bytes": s.disk_total_bytes })),
         "sinks": sinks(&state),
         "vpn": state.vpn.as_ref().map(|v| v.borrow().clone()),
+        "vpn_history": vpn_last_hour(&state).await,
     }))
+}
+
+/// The last hour of VPN probe results (time, ok, latency) for the page's
+/// chart; empty when the supervisor is off.
+async fn vpn_last_hour(state: &ApiState) -> Vec<Value> {
+    if state.vpn.is_none() {
+        return Vec::new();
+    }
+    let path = state.store.data_dir().join("vpn").join("health.db");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() - 3600.0);
+    let samples = tokio::task::spawn_blocking(move || {
+        crate::vpn::health::HealthHistory::open(&path).and_then(|h| h.samples(since, 2000))
+    })
+    .await;
+    match samples {
+        Ok(Ok(samples)) => samples
+            .into_iter()
+            .filter(|s| s.kind == "probe")
+            .map(|s| json!({ "at": s.at, "ok": s.ok, "latency_ms": s.latency_ms }))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Each configured sink's link state, backlog and lag, from the metrics the
