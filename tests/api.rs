@@ -154,7 +154,7 @@ fn buffer_endpoints_report_the_store_and_schedule_work() {
     let config = format!(
         "{}[[forward.sinks]]\nname = \"noc\"\nprotocol = \"syslog_tcp\"\n\
          endpoint = \"198.18.0.2:10514\"\n",
-        config(&lab)
+        config(&lab).replace("ports = [", "ports = [{port = 2055, stream = \"netflow\"}, ")
     );
     let agent = Agent::with_files(&lab, &config, &[("tokens", NEW)], &[]);
     agent.wait_until_attached();
@@ -162,7 +162,13 @@ fn buffer_endpoints_report_the_store_and_schedule_work() {
     for i in 0..10 {
         sender.send_to(format!("<14>stored {i}").as_bytes(), (APPLIANCE_V4, 514)).unwrap();
     }
+    // NetFlow v5 from one exporter: flow sequence 0 (one flow), then 10 —
+    // nine flows lost upstream —, then a datagram cut short.
+    for datagram in [netflow_v5(0), netflow_v5(10), netflow_v5(11)[..30].to_vec()] {
+        sender.send_to(&datagram, (APPLIANCE_V4, 2055)).unwrap();
+    }
     agent.wait_for_metric("raven_store_appended_records_total{stream=\"syslog\"}", 10.0);
+    agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 3.0);
 
     let (status, body) = agent.http("GET", "/api/buffer/status", Some(NEW), None).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -178,9 +184,37 @@ fn buffer_endpoints_report_the_store_and_schedule_work() {
     assert!(syslog["oldest"].is_string() && syslog["fill_ratio"].as_f64().unwrap() > 0.0);
     assert_eq!(status_json["state"], "ok", "{body}");
 
+    // Rates average the capture counters over the last minute, sampled
+    // each second: they show once a sample after the traffic exists.
+    let mut rate = 0.0;
+    for _ in 0..50 {
+        let (_, body) = agent.http("GET", "/api/buffer/status", Some(NEW), None).unwrap();
+        let streams = json(&body)["streams"].clone();
+        let syslog = streams.as_array().unwrap().iter().find(|s| s["stream"] == "syslog").cloned();
+        rate = syslog.unwrap()["rate"]["records_per_second"].as_f64().unwrap();
+        if rate > 0.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(rate > 0.0 && rate <= 10.0, "syslog rate {rate}");
+
     let (status, body) = agent.http("GET", "/api/buffer/stats/syslog", Some(NEW), None).unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["stream"]["records"], 10);
+    let exporter = json(&body)["exporters"][0].clone();
+    assert_eq!(exporter["exporter"], "198.18.0.2", "{body}");
+    assert_eq!(exporter["records"], 10, "{body}");
+    assert_eq!(exporter["stored_records"], 10, "{body}");
+    assert!(exporter["last_seen"].is_string() && exporter["newest"].is_string(), "{body}");
+    let (status, body) = agent.http("GET", "/api/buffer/stats/netflow", Some(NEW), None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let exporter = json(&body)["exporters"][0].clone();
+    assert_eq!(exporter["records"], 3, "{body}");
+    assert_eq!(exporter["sequence_lost"], 9, "{body}");
+    let parse_errors: u64 =
+        exporter["parse_errors"].as_object().unwrap().values().filter_map(Value::as_u64).sum();
+    assert_eq!(parse_errors, 1, "{body}");
     let (status, body) = agent.http("GET", "/api/buffer/stats/gopher", Some(NEW), None).unwrap();
     assert_eq!(status, 404);
     assert!(json(&body)["error"].as_str().unwrap().contains("gopher"), "{body}");
@@ -278,4 +312,24 @@ fn vpn_profiles_are_validated_on_import_and_diagnostics_answer() {
     assert_eq!(json(&body)["reached"], true, "{body}");
     let url = "/api/vpn/diagnostics/dns?server=198.18.0.2:53&name=x&type=SOA";
     assert_eq!(agent.http("GET", url, Some(NEW), None).unwrap().0, 400, "unsupported type");
+}
+
+/// A NetFlow v5 datagram with one flow (192.0.2.1:1024 → 192.0.2.2:80).
+fn netflow_v5(flow_sequence: u32) -> Vec<u8> {
+    let mut d = Vec::with_capacity(72);
+    d.extend(5u16.to_be_bytes());
+    d.extend(1u16.to_be_bytes());
+    d.extend([0u8; 12]); // uptime, unix secs, nsecs
+    d.extend(flow_sequence.to_be_bytes());
+    d.extend([0u8; 4]); // engine type and id, sampling
+    d.extend([192, 0, 2, 1, 192, 0, 2, 2]);
+    d.extend([0u8; 8]); // next hop, input, output
+    d.extend(1u32.to_be_bytes()); // packets
+    d.extend(100u32.to_be_bytes()); // octets
+    d.extend([0u8; 8]); // first, last
+    d.extend(1024u16.to_be_bytes());
+    d.extend(80u16.to_be_bytes());
+    d.extend([0, 0, 6, 0]); // pad, tcp flags, protocol, tos
+    d.extend([0u8; 8]); // AS numbers, masks, pad
+    d
 }

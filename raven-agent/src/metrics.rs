@@ -181,18 +181,32 @@ pub fn registry() -> &'static Registry {
 }
 
 /// Records captured so far per stream (both paths), for rate history.
-pub fn captured_per_stream() -> [(Stream, u64); Stream::ALL.len()] {
+/// What capture has handed on per stream since the agent started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamTotals {
+    pub records: u64,
+    pub wire_bytes: u64,
+}
+
+/// One stream's capture rate, averaged over the last minute
+/// (`api::status::RateHistory::rates`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Rate {
+    pub records_per_second: f64,
+    pub wire_bytes_per_second: f64,
+}
+
+pub fn captured_per_stream() -> [(Stream, StreamTotals); Stream::ALL.len()] {
     let m = metrics();
+    let vias = [Via::Xdp, Via::Socket, Via::Tcp, Via::Tls];
     Stream::ALL.map(|stream| {
-        let total =
-            [Via::Xdp, Via::Socket]
-                .iter()
-                .map(|via| m.capture_records.with_label_values(&[stream.name(), via.name()]).get())
-                .chain([Via::Tcp, Via::Tls].iter().map(|via| {
-                    m.capture_records.with_label_values(&[stream.name(), via.name()]).get()
-                }))
-                .sum();
-        (stream, total)
+        let mut totals = StreamTotals::default();
+        for via in vias {
+            let labels = [stream.name(), via.name()];
+            totals.records += m.capture_records.with_label_values(&labels).get();
+            totals.wire_bytes += m.capture_bytes.with_label_values(&labels).get();
+        }
+        (stream, totals)
     })
 }
 

@@ -284,6 +284,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (status_tx, status_rx) = watch::channel(None);
     let (history_tx, history_rx) = watch::channel(RateHistory::default());
+    let decoder = Arc::new(Decoder::new(&config.decode));
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     // Sinks marked `requires_vpn` send only while the VPN is healthy; with
@@ -307,6 +308,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                 history: history_rx,
                 tokens: tokens.clone(),
                 store: store.clone(),
+                exporters: decoder.exporters(),
                 vpn: vpn_status.clone(),
             };
             let task = api::serve(listen, state, cancel.clone())
@@ -333,7 +335,6 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     })?;
     let (tx, rx) = mpsc::channel(256);
     let engine = CaptureEngine::start(&config.capture, tx).await?;
-    let decoder = Arc::new(Decoder::new(&config.decode));
     let consumer = tokio::spawn(ingest(rx, store.clone(), decoder, engine.replies()));
     if !config.service.user.is_empty() {
         let kept = privilege::drop_to_user(&config.service.user, &[store.data_dir()])?;

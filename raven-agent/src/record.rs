@@ -150,3 +150,11 @@ pub struct Record {
 
 /// Records handed from one stage to the next.
 pub type Batch = Vec<Record>;
+
+/// A capture time as RFC 3339 (UTC, nanoseconds), as every JSON output
+/// of Raven writes it.
+pub fn rfc3339(time: SystemTime) -> String {
+    time::OffsetDateTime::from(time)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

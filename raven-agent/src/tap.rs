@@ -13,11 +13,7 @@
 //! `dst_port`, `len` (wire), `caplen`, `truncated`, `via` (`xdp`|`socket`),
 //! `ifindex`, `payload_b64`.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    time::{Duration, SystemTime},
-};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -30,7 +26,7 @@ use crate::{
     capture::{ActiveMode, CaptureEngine},
     config::{CaptureMode, Config, PortAction, PortConfig, XdpAttachMode},
     metrics,
-    record::{Record, Stream},
+    record::{Record, Stream, rfc3339},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -140,14 +136,6 @@ pub fn record_json(record: &Record) -> serde_json::Value {
         "ifindex": record.ifindex,
         "payload_b64": base64::engine::general_purpose::STANDARD.encode(&record.payload),
     })
-}
-
-pub fn rfc3339(time: SystemTime) -> String {
-    let nanos = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos();
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos as i128)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 pub async fn run(args: TapArgs) -> anyhow::Result<()> {

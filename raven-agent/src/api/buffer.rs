@@ -5,7 +5,11 @@
 //! index and the disk), never on the runtime's workers; mutations go
 //! through the pipeline ([`Control`]), which owns the forwarders.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     Json,
@@ -13,14 +17,14 @@ use axum::{
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, Control};
 use crate::{
-    record::Stream,
-    store::{Evicted, StoreStatus, index::SegmentRow},
+    decode::exporters::ExporterTally,
+    record::{Stream, rfc3339},
+    store::{Evicted, StoreStatus, StreamStatus, index::SegmentRow, segment::from_nanos},
 };
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -48,38 +52,109 @@ async fn blocking<T: Send + 'static>(
 )]
 async fn buffer_status(State(state): State<ApiState>) -> Result<Json<StoreStatus>, ApiError> {
     let store = state.store.clone();
-    Ok(Json(blocking(move || store.status()).await?))
+    let mut status = blocking(move || store.status()).await?;
+    with_rates(&state, &mut status);
+    Ok(Json(status))
+}
+
+fn with_rates(state: &ApiState, status: &mut StoreStatus) {
+    let rates = state.history.borrow().rates();
+    for (stream, rate) in Stream::ALL.iter().zip(rates) {
+        if let Some(s) = status.streams.iter_mut().find(|s| s.stream == stream.name()) {
+            s.rate = rate;
+        }
+    }
+}
+
+/// One exporter of a stream: what reached the kernel program, what was
+/// decoded, and what the store holds.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub struct ExporterStats {
+    pub exporter: String,
+    /// Datagrams and UDP payload bytes the XDP program saw (null in
+    /// socket-only capture, which has no per-exporter kernel counters).
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+    /// Datagrams that found the ring buffer full and took the socket path.
+    pub ring_full: Option<u64>,
+    /// Decoded since the agent started: records, their bytes, parse errors
+    /// by reason, records lost upstream (sequence gaps) and restarts.
+    #[serde(flatten)]
+    pub decoded: ExporterTally,
+    /// Records of this exporter in the store now, and their time span.
+    pub stored_records: u64,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+}
+
+/// One stream's buffer status plus its exporters.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct StreamStats {
+    pub stream: StreamStatus,
+    pub segments: usize,
+    /// Busiest first.
+    pub exporters: Vec<ExporterStats>,
+    /// The store's overall state and why.
+    pub state: String,
+    pub reasons: Vec<String>,
 }
 
 /// One stream: its buffer status, segments, and the exporters sending it.
 #[utoipa::path(
     get,
     path = "/api/buffer/stats/{stream}",
-    params(("stream" = String, Path, description = "syslog, netflow, ipfix, sflow or snmp")),
-    responses((status = 200, body = Object), (status = 401, body = Object), (status = 404, body = Object))
+    params(("stream" = String, Path, description = "syslog, netflow, ipfix, sflow, snmp or windows")),
+    responses((status = 200, body = StreamStats), (status = 401, body = Object), (status = 404, body = Object))
 )]
 async fn buffer_stats(
     State(state): State<ApiState>,
     Path(stream): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StreamStats>, ApiError> {
     let stream = stream_or_404(&stream)?;
     let store = state.store.clone();
-    let (status, segments) =
-        blocking(move || Ok((store.status()?, store.segments(Some(stream))?))).await?;
-    let this = status.streams.into_iter().find(|s| s.stream == stream.name());
-    let exporters: Vec<_> = state
-        .capture
-        .borrow()
-        .as_ref()
-        .map(|c| c.exporters.iter().filter(|e| e.stream == stream).cloned().collect())
-        .unwrap_or_default();
-    Ok(Json(json!({
-        "stream": this,
-        "segments": segments.len(),
-        "exporters": exporters,
-        "state": status.state,
-        "reasons": status.reasons,
-    })))
+    let (mut status, segments, stored) = blocking(move || {
+        Ok((store.status()?, store.segments(Some(stream))?, store.exporters(stream)?))
+    })
+    .await?;
+    with_rates(&state, &mut status);
+    let this = status
+        .streams
+        .into_iter()
+        .find(|s| s.stream == stream.name())
+        .expect("status lists every stream");
+    let mut rows: BTreeMap<IpAddr, ExporterStats> = BTreeMap::new();
+    fn row(rows: &mut BTreeMap<IpAddr, ExporterStats>, ip: IpAddr) -> &mut ExporterStats {
+        rows.entry(ip)
+            .or_insert_with(|| ExporterStats { exporter: ip.to_string(), ..Default::default() })
+    }
+    for (ip, tally) in state.exporters.rows(stream) {
+        row(&mut rows, ip).decoded = tally;
+    }
+    if let Some(capture) = state.capture.borrow().as_ref() {
+        for e in capture.exporters.iter().filter(|e| e.stream == stream) {
+            let r = row(&mut rows, e.exporter);
+            r.packets = Some(e.packets);
+            r.bytes = Some(e.bytes);
+            r.ring_full = Some(e.ring_full);
+        }
+    }
+    for e in stored {
+        let r = row(&mut rows, e.exporter);
+        r.stored_records = e.records;
+        r.oldest = Some(rfc3339(from_nanos(e.first_ts)));
+        r.newest = Some(rfc3339(from_nanos(e.last_ts)));
+    }
+    let mut exporters: Vec<ExporterStats> = rows.into_values().collect();
+    exporters.sort_by(|a, b| {
+        (b.decoded.records, b.stored_records).cmp(&(a.decoded.records, a.stored_records))
+    });
+    Ok(Json(StreamStats {
+        stream: this,
+        segments: segments.len(),
+        exporters,
+        state: status.state,
+        reasons: status.reasons,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

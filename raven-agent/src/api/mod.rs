@@ -69,6 +69,8 @@ pub struct ApiState {
     pub history: watch::Receiver<status::RateHistory>,
     pub tokens: Arc<RwLock<auth::Tokens>>,
     pub store: crate::store::Store,
+    /// Per-exporter tallies of the decoders.
+    pub exporters: Arc<crate::decode::exporters::ExporterBook>,
     /// The VPN supervisor's status (None when `vpn.enabled` is off).
     pub vpn: Option<watch::Receiver<crate::vpn::VpnStatus>>,
 }

@@ -45,12 +45,12 @@ async fn status_data(State(state): State<ApiState>) -> Json<Value> {
         tokio::task::spawn_blocking(move || store.status()).await.ok().and_then(Result::ok);
     let streams: Vec<Value> = metrics::captured_per_stream()
         .iter()
-        .map(|(stream, records)| {
+        .map(|(stream, totals)| {
             let kept =
                 stored.as_ref().and_then(|s| s.streams.iter().find(|k| k.stream == stream.name()));
             json!({
                 "stream": stream,
-                "records": records,
+                "records": totals.records,
                 "stored": kept.map(|k| k.records),
                 "fill_ratio": kept.map(|k| k.fill_ratio),
                 "oldest": kept.and_then(|k| k.oldest.clone()),

@@ -19,6 +19,7 @@
 
 pub mod capture_file;
 pub mod cli;
+pub mod exporters;
 pub mod flow;
 pub mod snmp;
 pub mod syslog;
@@ -60,6 +61,7 @@ pub struct Decoder {
     syslog: syslog::SyslogDecoder,
     /// Templates and sequence state change with every datagram.
     flow: std::sync::Mutex<flow::FlowDecoder>,
+    exporters: std::sync::Arc<exporters::ExporterBook>,
 }
 
 impl Decoder {
@@ -69,6 +71,7 @@ impl Decoder {
         Decoder {
             syslog: syslog::SyslogDecoder::new(offset),
             flow: std::sync::Mutex::new(flow::FlowDecoder::default()),
+            exporters: Default::default(),
         }
     }
 
@@ -90,22 +93,35 @@ impl Decoder {
         }
     }
 
+    /// What each exporter sent, as decoded so far.
+    pub fn exporters(&self) -> std::sync::Arc<exporters::ExporterBook> {
+        self.exporters.clone()
+    }
+
     /// Decodes a batch; `None` where the stream has no decoder yet.
     pub fn decode_batch(&self, batch: &[crate::record::Record]) -> Vec<Option<Decoded>> {
         let mut event = crate::metrics::DecodedBatch::default();
+        let mut seen = Vec::with_capacity(batch.len());
         let decoded = batch
             .iter()
             .map(|record| {
                 let (d, sequence) = self.decode(record);
-                event.add(
-                    record.stream,
-                    d.as_ref().map(|d| d.parse_error.as_ref().map(|e| e.reason)),
-                );
+                let parse_error = d.as_ref().and_then(|d| d.parse_error.as_ref().map(|e| e.reason));
+                event.add(record.stream, d.as_ref().map(|_| parse_error));
                 event.sequence(record.stream, record.src.ip(), sequence.lost, sequence.restarted);
+                seen.push(exporters::Observation {
+                    stream: record.stream,
+                    exporter: record.src.ip(),
+                    bytes: record.payload.len(),
+                    parse_error,
+                    sequence_lost: sequence.lost,
+                    restarted: sequence.restarted,
+                });
                 d
             })
             .collect();
         crate::metrics::emit(event);
+        self.exporters.add_batch(std::time::SystemTime::now(), seen);
         decoded
     }
 }

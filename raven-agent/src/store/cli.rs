@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use super::{NewRecord, Store, StoredRecord, segment};
 use crate::{
     config::StoreConfig,
-    record::{Record, Stream, Via},
+    record::{Record, Stream, Via, rfc3339},
 };
 
 #[derive(Args)]
@@ -110,12 +110,6 @@ fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .with_context(|| format!("{text:?} is not an RFC 3339 time"))?;
     Ok(SystemTime::UNIX_EPOCH + Duration::from_nanos(t.unix_timestamp_nanos().max(0) as u64))
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// One stored record as a JSON object: the common fields, the payload,

@@ -60,6 +60,15 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
 ];
 
+/// What the store holds of one exporter (summed over its segments).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredExporter {
+    pub exporter: IpAddr,
+    pub records: u64,
+    pub first_ts: u64,
+    pub last_ts: u64,
+}
+
 /// One segment's row.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SegmentRow {
@@ -183,6 +192,45 @@ impl Index {
             })
             .map_err(db_error)?;
         rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    /// Per exporter of `stream`, what the store holds now: records, first
+    /// and last capture time (ns). One row per exporter per segment is
+    /// summed, so this is cheap however many records there are.
+    pub fn exporters(&self, stream: Stream) -> Result<Vec<StoredExporter>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare_cached(
+                "SELECT e.exporter, SUM(e.records), MIN(e.first_ts), MAX(e.last_ts)
+                 FROM segment_exporters e JOIN segments s ON s.id = e.segment_id
+                 WHERE s.stream = ?1 GROUP BY e.exporter",
+            )
+            .map_err(db_error)?;
+        let rows = stmt
+            .query_map([stream.name()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db_error)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (exporter, records, first, last) = row.map_err(db_error)?;
+            // Rows are written from `IpAddr::to_string`; anything else is
+            // not ours and is skipped rather than failing the whole answer.
+            if let Ok(exporter) = exporter.parse() {
+                out.push(StoredExporter {
+                    exporter,
+                    records: records as u64,
+                    first_ts: first as u64,
+                    last_ts: last as u64,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Segments of `stream` that may hold records of `exporter` between the

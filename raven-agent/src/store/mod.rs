@@ -51,7 +51,11 @@ use self::{
     index::{Index, SegmentRow},
     segment::{BlockMeta, nanos},
 };
-use crate::{config::StoreConfig, metrics, record::Record, record::Stream};
+use crate::{
+    config::StoreConfig,
+    metrics,
+    record::{Record, Stream, rfc3339},
+};
 
 /// A record handed to the store.
 #[derive(Clone, Debug)]
@@ -116,6 +120,9 @@ pub struct StreamStatus {
     pub newest: Option<String>,
     /// Bytes against the stream's quota (or the total quota, or the disk).
     pub fill_ratio: f64,
+    /// What capture hands on now (last minute); filled in by the running
+    /// agent's API, zero where the store is read offline.
+    pub rate: crate::metrics::Rate,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -200,11 +207,6 @@ fn is_disk_full(e: &io::Error) -> bool {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-fn rfc3339(ns: u64) -> String {
-    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(ns as i64);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// `statvfs` of the data directory: (total, free for unprivileged use).
@@ -773,6 +775,11 @@ impl Store {
         self.state().index.segments(stream)
     }
 
+    /// Per exporter of `stream`: the records the store holds.
+    pub fn exporters(&self, stream: Stream) -> Result<Vec<index::StoredExporter>, StoreError> {
+        self.state().index.exporters(stream)
+    }
+
     /// Retention: age, per-stream quota, total quota, free-disk watermark.
     pub fn cleanup(&self, now: SystemTime) -> Result<Evicted, StoreError> {
         self.writable()?;
@@ -932,9 +939,18 @@ impl Store {
                     records: mine.iter().map(|r| r.records).sum(),
                     bytes,
                     segments: mine.len() as u64,
-                    oldest: mine.iter().filter_map(|r| r.first_ts).min().map(rfc3339),
-                    newest: mine.iter().filter_map(|r| r.last_ts).max().map(rfc3339),
+                    oldest: mine
+                        .iter()
+                        .filter_map(|r| r.first_ts)
+                        .min()
+                        .map(|ns| rfc3339(segment::from_nanos(ns))),
+                    newest: mine
+                        .iter()
+                        .filter_map(|r| r.last_ts)
+                        .max()
+                        .map(|ns| rfc3339(segment::from_nanos(ns))),
                     fill_ratio: bytes as f64 / quota as f64,
+                    rate: Default::default(),
                 }
             })
             .collect();
