@@ -197,7 +197,8 @@ fn buffer_endpoints_report_the_store_and_schedule_work() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(rate > 0.0 && rate <= 10.0, "syslog rate {rate}");
+    // Ten records over the samples since: about 10/s (ticks jitter).
+    assert!(rate > 0.0 && rate < 20.0, "syslog rate {rate}");
 
     let (status, body) = agent.http("GET", "/api/buffer/stats/syslog", Some(NEW), None).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -206,6 +207,7 @@ fn buffer_endpoints_report_the_store_and_schedule_work() {
     assert_eq!(exporter["exporter"], "198.18.0.2", "{body}");
     assert_eq!(exporter["records"], 10, "{body}");
     assert_eq!(exporter["stored_records"], 10, "{body}");
+    assert_eq!(exporter["xdp_packets"], 10, "{body}");
     assert!(exporter["last_seen"].is_string() && exporter["newest"].is_string(), "{body}");
     let (status, body) = agent.http("GET", "/api/buffer/stats/netflow", Some(NEW), None).unwrap();
     assert_eq!(status, 200, "{body}");

@@ -73,8 +73,8 @@ pub struct ExporterStats {
     pub exporter: String,
     /// Datagrams and UDP payload bytes the XDP program saw (null in
     /// socket-only capture, which has no per-exporter kernel counters).
-    pub packets: Option<u64>,
-    pub bytes: Option<u64>,
+    pub xdp_packets: Option<u64>,
+    pub xdp_bytes: Option<u64>,
     /// Datagrams that found the ring buffer full and took the socket path.
     pub ring_full: Option<u64>,
     /// Decoded since the agent started: records, their bytes, parse errors
@@ -133,8 +133,8 @@ async fn buffer_stats(
     if let Some(capture) = state.capture.borrow().as_ref() {
         for e in capture.exporters.iter().filter(|e| e.stream == stream) {
             let r = row(&mut rows, e.exporter);
-            r.packets = Some(e.packets);
-            r.bytes = Some(e.bytes);
+            r.xdp_packets = Some(e.packets);
+            r.xdp_bytes = Some(e.bytes);
             r.ring_full = Some(e.ring_full);
         }
     }
