@@ -80,7 +80,9 @@ pub struct StoreConfig {
     pub segment_max_bytes: u64,
     /// ... or once it is this old (seconds).
     pub segment_max_age_s: u64,
-    /// gzip level of the blocks (1 fastest .. 9 smallest).
+    /// How blocks are compressed (recorded per segment).
+    pub codec: crate::store::segment::Codec,
+    /// Level of the codec (gzip 1..9, zstd 1..19; higher is smaller and slower).
     pub compression_level: u32,
     /// Records older than this are evicted (days).
     pub max_age_days: u64,
@@ -92,6 +94,12 @@ pub struct StoreConfig {
     pub min_free_bytes: u64,
     /// How often retention runs (seconds).
     pub cleanup_interval_s: u64,
+    /// Group commit: after the first captured batch arrives, wait up to
+    /// this long for more before one write and fdatasync (milliseconds;
+    /// 0: take only what is already queued).
+    pub flush_interval_ms: u64,
+    /// ... or until this many records are waiting.
+    pub flush_max_records: usize,
 }
 
 impl Default for StoreConfig {
@@ -100,12 +108,15 @@ impl Default for StoreConfig {
             data_dir: "/var/lib/raven".to_string(),
             segment_max_bytes: 64 << 20,
             segment_max_age_s: 3600,
+            codec: Default::default(),
             compression_level: 6,
             max_age_days: 14,
             stream_quota_bytes: 0,
             total_quota_bytes: 0,
             min_free_bytes: 1 << 30,
             cleanup_interval_s: 3600,
+            flush_interval_ms: 10,
+            flush_max_records: 16384,
         }
     }
 }
@@ -122,12 +133,21 @@ impl StoreConfig {
         check(self.segment_max_bytes >= 4096, "segment_max_bytes", "must be at least 4096");
         check(self.segment_max_age_s >= 1, "segment_max_age_s", "must be at least 1 second");
         check(
-            (1..=9).contains(&self.compression_level),
+            self.codec.levels().contains(&self.compression_level),
             "compression_level",
-            "must be between 1 and 9",
+            match self.codec {
+                crate::store::segment::Codec::Gzip => "must be between 1 and 9 for gzip",
+                crate::store::segment::Codec::Zstd => "must be between 1 and 19 for zstd",
+            },
         );
         check(self.max_age_days >= 1, "max_age_days", "must be at least 1 day");
         check(self.cleanup_interval_s >= 1, "cleanup_interval_s", "must be at least 1 second");
+        check(
+            self.flush_interval_ms <= 1000,
+            "flush_interval_ms",
+            "must be at most 1000 (acknowledgements wait for it)",
+        );
+        check(self.flush_max_records >= 1, "flush_max_records", "must be at least 1");
         out
     }
 }

@@ -58,7 +58,19 @@ async fn ingest(
     decoder: Arc<Decoder>,
     replies: ReplySockets,
 ) {
-    while let Some(batch) = rx.recv().await {
+    while let Some(mut batch) = rx.recv().await {
+        // Group commit: one block (one write, one fdatasync) for what
+        // arrives within the flush interval, bounded in records. Batches
+        // keep queueing while a block is being synced, so under load the
+        // blocks grow by themselves.
+        let flush = store.flush_policy();
+        let deadline = tokio::time::Instant::now() + flush.interval;
+        while batch.len() < flush.max_records {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(more)) => batch.extend(more),
+                Ok(None) | Err(_) => break,
+            }
+        }
         let (store, decoder, replies) = (store.clone(), decoder.clone(), replies.clone());
         let stored = tokio::task::spawn_blocking(move || {
             let decoded = decoder.decode_batch(&batch);

@@ -277,12 +277,13 @@ impl Index {
         first_seq: u64,
         created: u64,
         state: &str,
+        codec: super::segment::Codec,
     ) -> Result<i64, StoreError> {
         self.db
             .execute(
                 "INSERT INTO segments (stream, path, first_seq, last_seq, records, raw_bytes,
                      stored_bytes, codec, state, created)
-                 VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, 'gzip', ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?8, ?6, ?7)",
                 params![
                     stream.name(),
                     path,
@@ -290,7 +291,8 @@ impl Index {
                     first_seq as i64 - 1,
                     super::segment::HEADER_LEN as i64,
                     state,
-                    created as i64
+                    created as i64,
+                    codec.name()
                 ],
             )
             .map_err(db_error)?;

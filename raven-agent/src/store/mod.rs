@@ -57,6 +57,13 @@ use crate::{
     record::{Record, Stream, rfc3339},
 };
 
+/// Group commit settings.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushPolicy {
+    pub interval: Duration,
+    pub max_records: usize,
+}
+
 /// A record handed to the store.
 #[derive(Clone, Debug)]
 pub struct NewRecord {
@@ -137,6 +144,7 @@ pub struct StoreStatus {
 
 struct OpenSegment {
     id: i64,
+    codec: segment::Codec,
     file: File,
     len: u64,
     created: SystemTime,
@@ -309,6 +317,16 @@ impl Store {
         *self.inner.config.lock().expect("store config lock") = config.clone();
     }
 
+    /// How long and how much the ingest stage gathers into one block
+    /// (`store.flush_interval_ms`, `store.flush_max_records`; live).
+    pub fn flush_policy(&self) -> FlushPolicy {
+        let config = self.config();
+        FlushPolicy {
+            interval: Duration::from_millis(config.flush_interval_ms),
+            max_records: config.flush_max_records,
+        }
+    }
+
     fn config(&self) -> StoreConfig {
         self.inner.config.lock().expect("store config lock").clone()
     }
@@ -394,10 +412,10 @@ impl Store {
                     );
                     tracing::warn!(segment = %relative, stream = %stream,
                         reason = "unindexed", "indexing a segment file the index did not know");
-                    state.index.insert_segment(stream, &relative, first_seq, 0, "open")?
+                    state.index.insert_segment(stream, &relative, first_seq, 0, "open", scan.codec)?
                 }
             };
-            let summary = self.summarise(&path, &scan.blocks, stream)?;
+            let summary = self.summarise(&path, &scan, stream)?;
             let last_seq = scan.blocks.last().map_or_else(
                 || row.as_ref().map_or(-1, |r| r.first_seq as i64 - 1),
                 |b| b.last_seq() as i64,
@@ -462,13 +480,13 @@ impl Store {
     fn summarise(
         &self,
         path: &Path,
-        blocks: &[BlockMeta],
+        scan: &segment::Scan,
         stream: Stream,
     ) -> Result<Summary, StoreError> {
         let mut summary = Summary::default();
         let mut file = File::open(path).map_err(io_error)?;
-        for block in blocks {
-            let records = segment::read_block(&mut file, block, stream)?;
+        for block in &scan.blocks {
+            let records = segment::read_block(&mut file, block, stream, scan.codec)?;
             summary.add(records.iter().map(|r| &r.record));
         }
         Ok(summary)
@@ -563,12 +581,15 @@ impl Store {
         }
         let now = SystemTime::now();
         let first_seq = state.next_seq.get(&stream).copied().unwrap_or(0);
-        let (block, raw_len) = segment::encode_block(first_seq, records, config.compression_level)
-            .map_err(io_error)?;
+        let (block, raw_len) =
+            segment::encode_block(first_seq, records, config.codec, config.compression_level)
+                .map_err(io_error)?;
         let needs_new = match state.open.get(&stream) {
             None => true,
             Some(open) => {
-                open.len + block.len() as u64 > config.segment_max_bytes
+                // A segment has one codec: a changed `store.codec` starts a new one.
+                open.codec != config.codec
+                    || open.len + block.len() as u64 > config.segment_max_bytes
                     && open.len > segment::HEADER_LEN
                     || now.duration_since(open.created).unwrap_or_default()
                         >= Duration::from_secs(config.segment_max_age_s)
@@ -578,7 +599,7 @@ impl Store {
             if let Some(old) = state.open.remove(&stream) {
                 state.index.set_state(old.id, "sealed")?;
             }
-            let open = self.create_segment(&mut state, stream, first_seq, now)?;
+            let open = self.create_segment(&mut state, stream, first_seq, config.codec, now)?;
             state.open.insert(stream, open);
         }
         let open = state.open.get_mut(&stream).expect("an open segment");
@@ -649,6 +670,7 @@ impl Store {
         state: &mut State,
         stream: Stream,
         first_seq: u64,
+        codec: segment::Codec,
         now: SystemTime,
     ) -> Result<OpenSegment, StoreError> {
         let day = time::OffsetDateTime::from(now);
@@ -667,15 +689,16 @@ impl Store {
             .read(true)
             .open(&path)
             .map_err(io_error)?;
-        segment::write_header(&mut file, stream, now).map_err(io_error)?;
+        segment::write_header(&mut file, stream, codec, now).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         sync_dir(&dir).map_err(io_error)?;
         if let Some(parent) = dir.parent() {
             sync_dir(parent).map_err(io_error)?;
         }
         let relative = self.relative(&path);
-        let id = state.index.insert_segment(stream, &relative, first_seq, nanos(now), "open")?;
-        Ok(OpenSegment { id, file, len: segment::HEADER_LEN, created: now })
+        let id =
+            state.index.insert_segment(stream, &relative, first_seq, nanos(now), "open", codec)?;
+        Ok(OpenSegment { id, codec, file, len: segment::HEADER_LEN, created: now })
     }
 
     fn blocks_of(&self, state: &mut State, row: &SegmentRow) -> Result<Vec<BlockMeta>, StoreError> {
@@ -709,7 +732,7 @@ impl Store {
             let path = self.inner.dir.join(&row.path);
             let mut file = File::open(&path).map_err(io_error)?;
             for block in blocks.iter().filter(|b| b.last_seq() >= from_seq) {
-                match segment::read_block(&mut file, block, stream) {
+                match segment::read_block(&mut file, block, stream, codec_of(&row)?) {
                     Ok(records) => out.extend(records.into_iter().filter(|r| r.seq >= from_seq)),
                     Err(e) => {
                         // One bad block must not stall a reader: skip it,
@@ -748,7 +771,7 @@ impl Store {
             let blocks = self.blocks_of(&mut state, &row)?;
             let mut file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
             for block in &blocks {
-                let records = segment::read_block(&mut file, block, row.stream)?;
+                let records = segment::read_block(&mut file, block, row.stream, codec_of(&row)?)?;
                 out.extend(records.into_iter().filter(|r| {
                     let t = nanos(r.record.captured_at);
                     t >= from_ns && t <= to_ns && exporter.is_none_or(|ip| r.record.src.ip() == ip)
@@ -966,6 +989,10 @@ impl Store {
             reasons,
         })
     }
+}
+
+fn codec_of(row: &SegmentRow) -> Result<segment::Codec, StoreError> {
+    row.codec.parse().map_err(|reason| StoreError::Damaged { offset: 0, reason })
 }
 
 /// Totals of a set of records, for the index.

@@ -15,7 +15,8 @@
 //! header  "RAVNSEG1" | version u16 | stream u8 | codec u8 | created_ns u64      (20 bytes)
 //! block   len u32 | crc32c u32 | first_seq u64 | records u32 | data[len]
 //!         crc32c covers first_seq, records and data; data is the codec's
-//!         compression of the framed records:
+//!         compression of the framed records (codec 1 gzip, 2 zstd; one
+//!         codec per segment, recorded in its header and in the index):
 //! record  seq u64 | captured_ns u64 | src_ip [16] (IPv4 mapped) | src_port u16
 //!         | dst_port u16 | flags u8 | ifindex u32 | wire_len u32
 //!         | payload_len u32 | payload | decoded_len u32 | decoded
@@ -48,15 +49,72 @@ pub const MAX_BLOCK_BYTES: u32 = 64 << 20;
 const MAX_FRAME_BYTES: u64 = 512 << 20;
 
 /// How a segment's blocks are compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Codec {
+    /// gzip (DEFLATE) through flate2's zlib-rs backend; levels 1-9.
+    #[default]
     Gzip = 1,
+    /// Zstandard; levels 1-19.
+    Zstd = 2,
 }
 
 impl Codec {
     pub fn name(self) -> &'static str {
         match self {
             Codec::Gzip => "gzip",
+            Codec::Zstd => "zstd",
+        }
+    }
+
+    pub fn levels(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            Codec::Gzip => 1..=9,
+            Codec::Zstd => 1..=19,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<Codec> {
+        match id {
+            1 => Some(Codec::Gzip),
+            2 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+
+    fn compress(self, frame: &[u8], level: u32) -> io::Result<Vec<u8>> {
+        match self {
+            Codec::Gzip => {
+                let mut encoder = GzEncoder::new(Vec::new(), Compression::new(level));
+                encoder.write_all(frame)?;
+                encoder.finish()
+            }
+            Codec::Zstd => zstd::bulk::compress(frame, level as i32),
+        }
+    }
+
+    /// Decompresses at most [`MAX_FRAME_BYTES`] (a bound against zip bombs
+    /// in a damaged or hostile file).
+    fn decompress(self, data: &[u8]) -> io::Result<Vec<u8>> {
+        let mut frame = Vec::new();
+        match self {
+            Codec::Gzip => GzDecoder::new(data).take(MAX_FRAME_BYTES).read_to_end(&mut frame)?,
+            Codec::Zstd => zstd::stream::read::Decoder::new(data)?
+                .take(MAX_FRAME_BYTES)
+                .read_to_end(&mut frame)?,
+        };
+        Ok(frame)
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Codec, String> {
+        match name {
+            "gzip" => Ok(Codec::Gzip),
+            "zstd" => Ok(Codec::Zstd),
+            other => Err(format!("unknown codec {other:?}")),
         }
     }
 }
@@ -69,12 +127,17 @@ pub fn from_nanos(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
 }
 
-pub fn write_header(file: &mut File, stream: Stream, created: SystemTime) -> io::Result<()> {
+pub fn write_header(
+    file: &mut File,
+    stream: Stream,
+    codec: Codec,
+    created: SystemTime,
+) -> io::Result<()> {
     let mut header = BytesMut::with_capacity(HEADER_LEN as usize);
     header.put_slice(MAGIC);
     header.put_u16_le(VERSION);
     header.put_u8(stream.id());
-    header.put_u8(Codec::Gzip as u8);
+    header.put_u8(codec as u8);
     header.put_u64_le(nanos(created));
     file.write_all(&header)
 }
@@ -97,10 +160,8 @@ pub fn read_header(file: &mut File) -> Result<Header, String> {
         return Err(format!("segment version {version} (this Raven reads {VERSION})"));
     }
     let stream = Stream::from_id(rest.get_u8()).ok_or("unknown stream id")?;
-    let codec = match rest.get_u8() {
-        1 => Codec::Gzip,
-        other => return Err(format!("unknown codec {other}")),
-    };
+    let codec = rest.get_u8();
+    let codec = Codec::from_id(codec).ok_or_else(|| format!("unknown codec {codec}"))?;
     Ok(Header { stream, codec, created: from_nanos(rest.get_u64_le()) })
 }
 
@@ -129,6 +190,7 @@ fn via_from_bits(bits: u8) -> Via {
 pub fn encode_block(
     first_seq: u64,
     records: &[NewRecord],
+    codec: Codec,
     level: u32,
 ) -> io::Result<(Vec<u8>, usize)> {
     let mut frame = BytesMut::new();
@@ -156,9 +218,7 @@ pub fn encode_block(
         frame.put_u16_le(error.len() as u16);
         frame.put_slice(error);
     }
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::new(level));
-    encoder.write_all(&frame)?;
-    let data = encoder.finish()?;
+    let data = codec.compress(&frame, level)?;
     let mut block = Vec::with_capacity(BLOCK_HEADER_LEN as usize + data.len());
     block.put_u32_le(data.len() as u32);
     block.put_u32_le(0); // CRC, filled in below
@@ -192,6 +252,7 @@ impl BlockMeta {
 /// What a scan of a segment file found.
 #[derive(Debug)]
 pub struct Scan {
+    pub codec: Codec,
     pub blocks: Vec<BlockMeta>,
     /// Bytes of header plus whole, valid blocks.
     pub valid_len: u64,
@@ -209,7 +270,7 @@ pub struct Scan {
 pub fn scan(path: &Path, verify: bool) -> Result<Scan, String> {
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
-    read_header(&mut file)?;
+    let codec = read_header(&mut file)?.codec;
     let mut blocks: Vec<BlockMeta> = Vec::new();
     let mut offset = HEADER_LEN;
     let mut corrupt = None;
@@ -257,7 +318,7 @@ pub fn scan(path: &Path, verify: bool) -> Result<Scan, String> {
         offset = end;
     }
     let valid_len = blocks.last().map_or(HEADER_LEN, |b| b.end());
-    Ok(Scan { blocks, valid_len, file_len, torn_tail, corrupt })
+    Ok(Scan { codec, blocks, valid_len, file_len, torn_tail, corrupt })
 }
 
 /// Reads, checks and decodes one block.
@@ -265,6 +326,7 @@ pub fn read_block(
     file: &mut File,
     block: &BlockMeta,
     stream: Stream,
+    codec: Codec,
 ) -> Result<Vec<StoredRecord>, StoreError> {
     let damaged = |why: String| StoreError::Damaged { offset: block.offset, reason: why };
     let mut raw = vec![0u8; BLOCK_HEADER_LEN as usize + block.len as usize];
@@ -274,10 +336,8 @@ pub fn read_block(
     if crc32c::crc32c(&raw[8..]) != crc {
         return Err(damaged("CRC mismatch".into()));
     }
-    let mut frame = Vec::new();
-    GzDecoder::new(&raw[BLOCK_HEADER_LEN as usize..])
-        .take(MAX_FRAME_BYTES)
-        .read_to_end(&mut frame)
+    let frame = codec
+        .decompress(&raw[BLOCK_HEADER_LEN as usize..])
         .map_err(|e| damaged(format!("decompress: {e}")))?;
     decode_frame(Bytes::from(frame), block.records, stream).map_err(damaged)
 }

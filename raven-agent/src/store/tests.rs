@@ -353,3 +353,29 @@ fn one_writer_at_a_time_and_readers_never_write() {
     drop(store);
     assert!(Store::open(&config(dir.path())).is_ok(), "the lock goes with the writer");
 }
+
+#[test]
+fn a_codec_change_starts_a_new_segment_and_every_codec_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.segment_max_bytes = 1 << 20;
+    let store = Store::open(&config).unwrap();
+    store.append(Stream::Syslog, batch(0, 10)).unwrap();
+    config.codec = segment::Codec::Zstd;
+    config.compression_level = 19;
+    store.reconfigure(&config);
+    store.append(Stream::Syslog, batch(10, 10)).unwrap();
+    store.append(Stream::Syslog, batch(20, 10)).unwrap();
+    let codecs: Vec<String> =
+        store.segments(Some(Stream::Syslog)).unwrap().into_iter().map(|r| r.codec).collect();
+    assert_eq!(codecs, ["gzip", "zstd"], "one codec per segment");
+    drop(store);
+    // After a restart the open zstd segment is rescanned from its header.
+    let store = Store::open(&config).unwrap();
+    let all = store.read(Stream::Syslog, 0, 100).unwrap();
+    assert_eq!(texts(&all), texts_of(&[batch(0, 10), batch(10, 10), batch(20, 10)].concat()));
+}
+
+fn texts_of(records: &[NewRecord]) -> Vec<String> {
+    records.iter().map(|r| String::from_utf8_lossy(&r.record.payload).into_owned()).collect()
+}
