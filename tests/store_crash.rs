@@ -136,3 +136,70 @@ fn a_full_disk_evicts_the_oldest_and_writing_goes_on() {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     println!("kept {} of 400000 records on a 2 MiB filesystem", seqs.len());
 }
+
+/// I/O faults injected by libfiu (`fiu-run`, Debian `fiu-utils`) into the
+/// real binary: `fdatasync` failing (EIO and the other errors it may
+/// return), `pwrite` failing, and `pwrite` writing short. SQLite's own
+/// writes go through the same calls, so index updates fail too. The load
+/// must stay alive, count the failures, acknowledge only what is durable,
+/// and every acknowledged record must be there, once and in order.
+#[test]
+fn acknowledged_records_survive_injected_io_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    // The store exists before the faults start (the index schema is in
+    // place), as on an appliance whose disk starts failing in service.
+    let created = Command::new(AGENT)
+        .args(["store", "--data-dir"])
+        .arg(dir.path())
+        .args(["load", "--records", "0"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let out = Command::new("fiu-run")
+        .args(["-x", "-c", "enable_random name=posix/io/sync/fdatasync,probability=0.05"])
+        .args(["-c", "enable_random name=posix/io/rw/pwrite,probability=0.02"])
+        .args(["-c", "enable_random name=posix/io/rw/pwrite/reduce,probability=0.02"])
+        .arg(AGENT)
+        .args(["store", "--data-dir"])
+        .arg(dir.path())
+        .args(["load", "--records", "20000", "--batch", "50", "--segment-max-bytes", "16384"])
+        .output()
+        .expect("fiu-run (Debian package fiu-utils; `cargo xtask setup --test-deps`)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the load died under faults: {stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(stderr.lines().last().expect("a summary line")).unwrap();
+    println!("{summary}");
+    assert!(
+        summary["write_failures"].as_u64().unwrap() > 0,
+        "no fault was injected: is fiu_posix_preload.so working? {summary}"
+    );
+    // Acknowledged ranges, in order; an append that failed after its
+    // retries left no range and no sequence numbers behind.
+    let mut acknowledged = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (first, last) = line.split_once(' ').unwrap();
+        let (first, last): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
+        assert_eq!(first, acknowledged.len() as u64, "ranges are dense");
+        acknowledged.extend(first..=last);
+    }
+    let failed = summary["failed_records"].as_u64().unwrap();
+    assert_eq!(acknowledged.len() as u64 + failed, 20_000, "{summary}");
+    // Read back without faults: the acknowledged records, except that an
+    // injected ENOSPC is a full disk to the store, which evicts its oldest
+    // segments (counted) and retries: those are a prefix.
+    let evicted = summary["evicted_records"].as_u64().unwrap() as usize;
+    let stored = stored_seqs(dir.path());
+    assert!(evicted < acknowledged.len(), "{summary}");
+    let kept = &acknowledged[evicted..];
+    assert_eq!(stored.len(), kept.len(), "{summary}");
+    let first_difference = stored.iter().zip(kept).position(|(s, k)| s != k);
+    assert_eq!(first_difference, None, "stored differs from acknowledged");
+    let verify = Command::new(AGENT)
+        .args(["segments", "--data-dir"])
+        .arg(dir.path())
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}

@@ -664,6 +664,26 @@ impl InternalEvent for StoreWriteFailed {
     }
 }
 
+fn total(counter: &IntCounterVec) -> u64 {
+    use prometheus::core::Collector;
+    counter
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// Block writes and syncs that failed so far (every attempt, all streams).
+pub fn store_write_failures() -> u64 {
+    total(&metrics().store.write_failures)
+}
+
+/// Records evicted so far (every reason, all streams).
+pub fn store_evicted_records() -> u64 {
+    total(&metrics().store.evicted)
+}
+
 /// Damage found and dealt with (the log line names the segment).
 pub struct StoreRepaired {
     pub what: &'static str,

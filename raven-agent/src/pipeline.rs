@@ -78,14 +78,8 @@ async fn ingest(
             let mut waiting: BTreeMap<Stream, Vec<(u16, std::net::SocketAddr, bytes::Bytes)>> =
                 BTreeMap::new();
             for (record, decoded) in batch.into_iter().zip(decoded) {
-                let (fields, parse_error, reply) = match decoded {
-                    Some(d) => (
-                        serde_json::to_vec(&d.fields).ok().map(bytes::Bytes::from),
-                        d.parse_error.map(|e| format!("{}: {}", e.reason, e.detail)),
-                        d.reply,
-                    ),
-                    None => (None, None, None),
-                };
+                let (fields, parse_error) = crate::decode::stored_form(decoded.as_ref());
+                let reply = decoded.and_then(|d| d.reply);
                 if let Some(reply) = reply {
                     waiting.entry(record.stream).or_default().push((
                         record.dst_port,

@@ -149,9 +149,10 @@ async fn post_events(
         .into_iter()
         .map(|payload| {
             let decoded = crate::decode::windows_event(&payload);
+            let (decoded, parse_error) = crate::decode::stored_form(Some(&decoded));
             NewRecord {
-                decoded: serde_json::to_vec(&decoded.fields).ok().map(Bytes::from),
-                parse_error: decoded.parse_error.map(|e| format!("{}: {}", e.reason, e.detail)),
+                decoded,
+                parse_error,
                 record: Record {
                     captured_at: now,
                     stream: Stream::Windows,

@@ -39,6 +39,43 @@ fn parse_port(text: &str) -> Result<(Stream, u16), String> {
     Ok((stream.parse().map_err(|e| format!("{e}"))?, port.parse().map_err(|e| format!("{e}"))?))
 }
 
+/// The stream of each destination port: the defaults, then `overrides`.
+pub fn port_map(overrides: &[(Stream, u16)]) -> BTreeMap<u16, Stream> {
+    let mut ports: BTreeMap<u16, Stream> =
+        Stream::WIRE.iter().map(|&s| (s.default_port(), s)).collect();
+    for &(stream, port) in overrides {
+        ports.insert(port, stream);
+    }
+    ports
+}
+
+/// Every UDP datagram of a pcap/pcapng file whose stream is known (by
+/// `stream`, or by its destination port in `ports`), as captured records.
+pub fn capture_records(
+    bytes: &[u8],
+    ports: &BTreeMap<u16, Stream>,
+    stream: Option<Stream>,
+) -> Result<Vec<Record>, capture_file::NotACapture> {
+    Ok(capture_file::read(bytes)?
+        .datagrams
+        .into_iter()
+        .filter_map(|d| {
+            let stream = stream.or_else(|| ports.get(&d.dst.port()).copied())?;
+            Some(Record {
+                captured_at: d.captured_at,
+                stream,
+                src: d.src,
+                dst_port: d.dst.port(),
+                ifindex: 0,
+                wire_len: d.payload.len() as u32,
+                truncated: false,
+                via: Via::File,
+                payload: d.payload,
+            })
+        })
+        .collect())
+}
+
 pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     if super::syslog::parse_offset(&args.syslog_timezone).is_none() {
         bail!(
@@ -47,34 +84,13 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
         );
     }
     let decoder = Decoder::new(&DecodeConfig { syslog_timezone: args.syslog_timezone.clone() });
-    let mut ports: BTreeMap<u16, Stream> =
-        Stream::WIRE.iter().map(|&s| (s.default_port(), s)).collect();
-    for &(stream, port) in &args.ports {
-        ports.insert(port, stream);
-    }
+    let ports = port_map(&args.ports);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut seq = 0u64;
     for path in &args.files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let records: Vec<Record> = match capture_file::read(&bytes) {
-            Ok(capture) => capture
-                .datagrams
-                .into_iter()
-                .filter_map(|d| {
-                    let stream = args.stream.or_else(|| ports.get(&d.dst.port()).copied())?;
-                    Some(Record {
-                        captured_at: d.captured_at,
-                        stream,
-                        src: d.src,
-                        dst_port: d.dst.port(),
-                        ifindex: 0,
-                        wire_len: d.payload.len() as u32,
-                        truncated: false,
-                        via: Via::File,
-                        payload: d.payload,
-                    })
-                })
-                .collect(),
+        let records: Vec<Record> = match capture_records(&bytes, &ports, args.stream) {
+            Ok(records) => records,
             Err(not_capture) => {
                 let Some(stream) = args.stream else {
                     bail!(
@@ -96,13 +112,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
             }
         };
         for (record, decoded) in records.iter().zip(decoder.decode_batch(&records)) {
-            let (fields, parse_error) = match decoded {
-                Some(d) => (
-                    serde_json::to_vec(&d.fields).ok().map(Bytes::from),
-                    d.parse_error.map(|e| format!("{}: {}", e.reason, e.detail)),
-                ),
-                None => (None, None),
-            };
+            let (fields, parse_error) = super::stored_form(decoded.as_ref());
             let stored = StoredRecord { seq, record: record.clone(), decoded: fields, parse_error };
             serde_json::to_writer(&mut out, &crate::store::cli::to_json(&stored))?;
             out.write_all(b"\n")?;

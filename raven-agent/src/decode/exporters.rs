@@ -58,9 +58,12 @@ pub struct Observation {
     pub restarted: bool,
 }
 
+/// A row and when its exporter was first and last heard.
+type Row = (ExporterTally, SystemTime, SystemTime);
+
 #[derive(Default)]
 pub struct ExporterBook {
-    rows: Mutex<HashMap<(Stream, IpAddr), (ExporterTally, SystemTime, SystemTime)>>,
+    rows: Mutex<HashMap<(Stream, IpAddr), Row>>,
 }
 
 impl ExporterBook {

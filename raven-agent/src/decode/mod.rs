@@ -126,6 +126,18 @@ impl Decoder {
     }
 }
 
+/// How a decode result is stored beside the raw bytes: the fields as a
+/// JSON object, the parse error as `reason: detail`.
+pub fn stored_form(decoded: Option<&Decoded>) -> (Option<Bytes>, Option<String>) {
+    match decoded {
+        Some(d) => (
+            serde_json::to_vec(&d.fields).ok().map(Bytes::from),
+            d.parse_error.as_ref().map(|e| format!("{}: {}", e.reason, e.detail)),
+        ),
+        None => (None, None),
+    }
+}
+
 /// A Windows event as posted: one JSON object, kept whole under `event`.
 pub fn windows_event(payload: &[u8]) -> Decoded {
     match serde_json::from_slice::<Value>(payload) {

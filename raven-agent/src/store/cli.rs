@@ -15,14 +15,13 @@ use std::{
 
 use anyhow::{Context, bail};
 use base64::Engine;
-use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::{NewRecord, Store, StoredRecord, segment};
+use super::{Store, StoredRecord, segment};
 use crate::{
     config::StoreConfig,
-    record::{Record, Stream, Via, rfc3339},
+    record::{Stream, rfc3339},
 };
 
 #[derive(Args)]
@@ -72,16 +71,10 @@ pub struct StoreArgs {
 pub enum StoreCommand {
     /// Set the index aside and rebuild it from the segment files.
     RebuildIndex,
-    /// Append synthetic syslog records and print every acknowledged range
-    /// as `first last` (load and crash testing).
-    Load {
-        #[arg(long, default_value_t = 10_000)]
-        records: u64,
-        #[arg(long, default_value_t = 100)]
-        batch: usize,
-        #[arg(long, default_value_t = 4096)]
-        segment_max_bytes: u64,
-    },
+    /// Append records (synthetic syslog lines or the datagrams of capture
+    /// files) through the decoders, and print every acknowledged range as
+    /// `first last` or a JSON summary (benchmarks and crash testing).
+    Load(super::load::LoadArgs),
 }
 
 /// Inspection never writes: read-only, so it is safe beside a running
@@ -276,44 +269,7 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
                 aside.display()
             );
         }
-        StoreCommand::Load { records, batch, segment_max_bytes } => {
-            std::fs::create_dir_all(&args.data_dir)?;
-            let config = StoreConfig {
-                data_dir: args.data_dir.to_string_lossy().into_owned(),
-                segment_max_bytes,
-                ..StoreConfig::default()
-            };
-            let store = Store::open(&config)?;
-            let mut out = io::stdout().lock();
-            let mut made = 0u64;
-            while made < records {
-                let n = batch.min((records - made) as usize);
-                let batch: Vec<NewRecord> = (0..n)
-                    .map(|i| NewRecord {
-                        record: Record {
-                            captured_at: SystemTime::now(),
-                            stream: Stream::Syslog,
-                            src: "192.0.2.10:514".parse().expect("address"),
-                            dst_port: 514,
-                            ifindex: 0,
-                            wire_len: 64,
-                            truncated: false,
-                            via: Via::Socket,
-                            payload: Bytes::from(format!(
-                                "<134>Nov 28 12:00:00 venue-sw1 load: record {}",
-                                made + i as u64
-                            )),
-                        },
-                        decoded: None,
-                        parse_error: None,
-                    })
-                    .collect();
-                let appended = store.append(Stream::Syslog, batch)?;
-                writeln!(out, "{} {}", appended.first_seq, appended.last_seq)?;
-                out.flush()?;
-                made += n as u64;
-            }
-        }
+        StoreCommand::Load(load) => super::load::run(&args.data_dir, load)?,
     }
     Ok(())
 }

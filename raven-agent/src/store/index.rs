@@ -98,7 +98,12 @@ fn db_error(e: rusqlite::Error) -> StoreError {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
         return StoreError::Io(std::io::Error::from_raw_os_error(libc::ENOSPC));
     }
-    StoreError::Index(e.to_string())
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            StoreError::IndexUnusable(e.to_string())
+        }
+        _ => StoreError::Index(e.to_string()),
+    }
 }
 
 impl Index {
@@ -113,7 +118,7 @@ impl Index {
         let check: String =
             db.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(db_error)?;
         if check != "ok" {
-            return Err(StoreError::Index(format!("integrity check: {check}")));
+            return Err(StoreError::IndexUnusable(format!("integrity check: {check}")));
         }
         let mut index = Index { db };
         index.migrate()?;
@@ -141,7 +146,7 @@ impl Index {
             .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
             .map_err(db_error)?;
         if version as usize > MIGRATIONS.len() {
-            return Err(StoreError::Index(format!(
+            return Err(StoreError::IndexUnusable(format!(
                 "index schema {version} is newer than this Raven ({})",
                 MIGRATIONS.len()
             )));

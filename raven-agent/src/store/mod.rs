@@ -29,6 +29,7 @@
 
 pub mod cli;
 pub mod index;
+pub mod load;
 pub mod segment;
 
 use std::{
@@ -56,6 +57,10 @@ use crate::{
     metrics,
     record::{Record, Stream, rfc3339},
 };
+
+/// Attempts after the first when a write, sync or index update fails
+/// (other than a full disk, which evicts instead); 40, 160, 640 ms apart.
+const APPEND_RETRIES: u32 = 3;
 
 /// Group commit settings.
 #[derive(Clone, Copy, Debug)]
@@ -95,6 +100,10 @@ pub enum StoreError {
     Io(io::Error),
     #[error("index: {0}")]
     Index(String),
+    /// The index file is damaged or from a newer Raven: set aside and
+    /// rebuilt from the segment files at start-up.
+    #[error("index unusable: {0}")]
+    IndexUnusable(String),
     #[error("damaged block at byte {offset}: {reason}")]
     Damaged { offset: u64, reason: String },
     #[error("disk full and nothing left to evict")]
@@ -231,6 +240,40 @@ pub fn disk_space(dir: &Path) -> (u64, u64) {
     (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
 }
 
+/// Opens the index; a damaged one is set aside (never deleted: evidence)
+/// and rebuilt from the files. Any other failure (an I/O error) is retried
+/// and then reported: the index holds the sinks' cursors, so a transient
+/// error must not make Raven throw it away.
+fn open_index(dir: &Path, db_path: &Path) -> Result<Index, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match Index::open(db_path) {
+            Ok(index) => return Ok(index),
+            Err(StoreError::IndexUnusable(e)) => {
+                let aside = dir.join(format!("raven.db.corrupt-{}", nanos(SystemTime::now())));
+                tracing::error!(error = %e, aside = %aside.display(),
+                    "the store index is unusable; rebuilding it from the segment files");
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = PathBuf::from(format!("{}{suffix}", db_path.display()));
+                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+                    if from.exists() {
+                        fs::rename(from, to).map_err(io_error)?;
+                    }
+                }
+                metrics::emit(metrics::StoreRepaired { what: "index_rebuilt", count: 1 });
+                return Index::open(db_path);
+            }
+            Err(e) if attempt < APPEND_RETRIES => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, reason = "index_open_retry",
+                    "the store index cannot be opened; retrying");
+                std::thread::sleep(Duration::from_millis(10 << (2 * attempt)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Store {
     /// Opens the store in `config.data_dir`: creates what is missing,
     /// applies index migrations, and reconciles the index with the files.
@@ -248,25 +291,7 @@ impl Store {
             return Err(StoreError::Busy(dir.display().to_string()));
         }
         let db_path = dir.join("raven.db");
-        let index = match Index::open(&db_path) {
-            Ok(index) => index,
-            Err(e) => {
-                // Set the damaged index aside (never delete evidence) and
-                // rebuild it from the files.
-                let aside = dir.join(format!("raven.db.corrupt-{}", nanos(SystemTime::now())));
-                tracing::error!(error = %e, aside = %aside.display(),
-                    "the store index cannot be opened; rebuilding it from the segment files");
-                for suffix in ["", "-wal", "-shm"] {
-                    let from = PathBuf::from(format!("{}{suffix}", db_path.display()));
-                    let to = PathBuf::from(format!("{}{suffix}", aside.display()));
-                    if from.exists() {
-                        fs::rename(from, to).map_err(io_error)?;
-                    }
-                }
-                metrics::emit(metrics::StoreRepaired { what: "index_rebuilt", count: 1 });
-                Index::open(&db_path)?
-            }
-        };
+        let index = open_index(&dir, &db_path)?;
         let (durable, _) = watch::channel(0);
         let store = Store {
             inner: Arc::new(Inner {
@@ -412,7 +437,9 @@ impl Store {
                     );
                     tracing::warn!(segment = %relative, stream = %stream,
                         reason = "unindexed", "indexing a segment file the index did not know");
-                    state.index.insert_segment(stream, &relative, first_seq, 0, "open", scan.codec)?
+                    state
+                        .index
+                        .insert_segment(stream, &relative, first_seq, 0, "open", scan.codec)?
                 }
             };
             let summary = self.summarise(&path, &scan, stream)?;
@@ -501,10 +528,27 @@ impl Store {
             return Ok(Appended { first_seq: next, last_seq: next.wrapping_sub(1) });
         }
         let config = self.config();
+        let mut io_retries = 0;
         // A full disk: give back the reserve (so the index can record the
         // evictions), evict the oldest sealed segment, try again.
         for _ in 0..16 {
             match self.try_append(stream, &records, &config) {
+                // Any other write or sync failure (EIO, a short write): the
+                // file was cut back to the block's offset, so a retry writes
+                // the whole block again and syncs it — never just re-syncs,
+                // since after a failed fsync the kernel may have dropped the
+                // dirty pages and a second fsync can report success falsely
+                // (the PostgreSQL "fsyncgate" lesson,
+                // https://wiki.postgresql.org/wiki/Fsync_Errors).
+                Err(e @ (StoreError::Io(_) | StoreError::Index(_)))
+                    if io_retries < APPEND_RETRIES
+                        && !matches!(&e, StoreError::Io(io) if is_disk_full(io)) =>
+                {
+                    io_retries += 1;
+                    tracing::warn!(%stream, records = records.len(), error = %e,
+                        attempt = io_retries, reason = "write_retry", "append failed; retrying");
+                    std::thread::sleep(Duration::from_millis(10 << (2 * io_retries)));
+                }
                 Err(StoreError::Io(e)) if is_disk_full(&e) => {
                     tracing::warn!(%stream, records = records.len(), reason = "disk_full",
                         "disk full: evicting the oldest segment and retrying");
@@ -590,7 +634,7 @@ impl Store {
                 // A segment has one codec: a changed `store.codec` starts a new one.
                 open.codec != config.codec
                     || open.len + block.len() as u64 > config.segment_max_bytes
-                    && open.len > segment::HEADER_LEN
+                        && open.len > segment::HEADER_LEN
                     || now.duration_since(open.created).unwrap_or_default()
                         >= Duration::from_secs(config.segment_max_age_s)
             }

@@ -1,0 +1,279 @@
+//! `raven-agent store load`: drives the store the way the running agent
+//! does, for benchmarks and crash tests.
+//!
+//! Invariants:
+//! - Every record goes through the real path: decoded by the real
+//!   [`Decoder`](crate::decode::Decoder), appended per stream as one block
+//!   per group commit, acknowledged only once durable. Nothing is faked
+//!   but the capture itself.
+//! - The acknowledged ranges printed (default output) are exactly what
+//!   [`Store::append`] returned, in order, flushed line by line: a crash
+//!   test trusts every line it read.
+//!
+//! Sources: synthetic RFC 3164 lines (a counter being the only change), or
+//! the UDP datagrams of capture files (`--captures`, streams by
+//! destination port), cycled with fresh capture times. Pacing: as fast as
+//! the store takes batches of `--batch`, or `--rate` records per second
+//! from a generator thread with group commit as in the pipeline
+//! (`store.flush_interval_ms`), which is what the latency figures mean:
+//! capture time to durable.
+
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use serde_json::json;
+
+use super::{NewRecord, Store, segment::Codec};
+use crate::{
+    config::{DecodeConfig, StoreConfig},
+    decode::Decoder,
+    record::{Record, Stream, Via},
+};
+
+#[derive(Args)]
+pub struct LoadArgs {
+    #[arg(long, default_value_t = 10_000)]
+    records: u64,
+    /// Records per block when not paced by `--rate`.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    #[arg(long, default_value_t = 4096)]
+    segment_max_bytes: u64,
+    #[arg(long, default_value = "gzip")]
+    codec: String,
+    #[arg(long)]
+    level: Option<u32>,
+    /// Records per second, generated on another thread (latency mode).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Take the datagrams of these pcap/pcapng files instead of synthetic
+    /// syslog lines.
+    #[arg(long, num_args = 1..)]
+    captures: Vec<PathBuf>,
+    /// Print the JSON summary (throughput, latency percentiles, failures)
+    /// instead of the acknowledged ranges; without it, the summary is the
+    /// last line on stderr.
+    #[arg(long)]
+    summary: bool,
+}
+
+fn synthetic(n: u64) -> Record {
+    Record {
+        captured_at: SystemTime::now(),
+        stream: Stream::Syslog,
+        src: "192.0.2.10:514".parse().expect("address"),
+        dst_port: 514,
+        ifindex: 0,
+        wire_len: 64,
+        truncated: false,
+        via: Via::Socket,
+        payload: Bytes::from(format!("<134>Nov 28 12:00:00 venue-sw1 load: record {n}")),
+    }
+}
+
+fn capture_source(paths: &[PathBuf]) -> anyhow::Result<Vec<Record>> {
+    let ports = crate::decode::cli::port_map(&[]);
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        out.extend(
+            crate::decode::cli::capture_records(&bytes, &ports, None)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        );
+    }
+    if out.is_empty() && !paths.is_empty() {
+        bail!("the captures hold no datagram of a known stream");
+    }
+    Ok(out)
+}
+
+/// The n-th record of the load, captured now.
+struct Source {
+    captures: Vec<Record>,
+}
+
+impl Source {
+    fn record(&self, n: u64) -> Record {
+        if self.captures.is_empty() {
+            return synthetic(n);
+        }
+        let mut record = self.captures[(n % self.captures.len() as u64) as usize].clone();
+        record.captured_at = SystemTime::now();
+        record
+    }
+}
+
+#[derive(Default)]
+struct Failures {
+    appends: u64,
+    records: u64,
+}
+
+/// Decodes and appends one group commit, per stream; returns the ranges.
+fn commit(
+    store: &Store,
+    decoder: &Decoder,
+    batch: Vec<Record>,
+    latencies: &mut Vec<u32>,
+    failures: &mut Failures,
+) -> anyhow::Result<Vec<(Stream, u64, u64)>> {
+    let decoded = decoder.decode_batch(&batch);
+    let mut by_stream: BTreeMap<Stream, Vec<NewRecord>> = BTreeMap::new();
+    for (record, decoded) in batch.into_iter().zip(decoded) {
+        let (fields, parse_error) = crate::decode::stored_form(decoded.as_ref());
+        by_stream.entry(record.stream).or_default().push(NewRecord {
+            record,
+            decoded: fields,
+            parse_error,
+        });
+    }
+    let mut ranges = Vec::new();
+    for (stream, records) in by_stream {
+        let captured: Vec<SystemTime> = records.iter().map(|r| r.record.captured_at).collect();
+        // As the pipeline does: a batch the store refuses (after its own
+        // retries) is counted and the load goes on.
+        let appended = match store.append(stream, records) {
+            Ok(appended) => appended,
+            Err(e) => {
+                eprintln!("append of {} {stream} records failed: {e}", captured.len());
+                failures.appends += 1;
+                failures.records += captured.len() as u64;
+                continue;
+            }
+        };
+        let durable = SystemTime::now();
+        latencies.extend(captured.iter().map(|t| {
+            durable.duration_since(*t).unwrap_or_default().as_micros().min(u32::MAX as u128) as u32
+        }));
+        ranges.push((stream, appended.first_seq, appended.last_seq));
+    }
+    Ok(ranges)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[at]) / 1000.0
+}
+
+pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let codec: Codec = args.codec.parse().map_err(|e: String| anyhow::anyhow!("--codec: {e}"))?;
+    let config = StoreConfig {
+        data_dir: data_dir.to_string_lossy().into_owned(),
+        segment_max_bytes: args.segment_max_bytes,
+        codec,
+        compression_level: args.level.unwrap_or(StoreConfig::default().compression_level),
+        ..StoreConfig::default()
+    };
+    if !codec.levels().contains(&config.compression_level) {
+        bail!(
+            "--level {} is outside {:?} for {}",
+            config.compression_level,
+            codec.levels(),
+            codec.name()
+        );
+    }
+    let store = Store::open(&config)?;
+    let decoder = Decoder::new(&DecodeConfig::default());
+    let source = Source { captures: capture_source(&args.captures)? };
+    let mut out = io::stdout().lock();
+    let mut latencies = Vec::with_capacity(args.records.min(10_000_000) as usize);
+    let started = Instant::now();
+    let mut blocks = 0u64;
+    let mut failures = Failures::default();
+    let mut report = |ranges: Vec<(Stream, u64, u64)>, out: &mut io::StdoutLock| {
+        blocks += ranges.len() as u64;
+        if !args.summary {
+            for (_, first, last) in ranges {
+                writeln!(out, "{first} {last}")?;
+            }
+            out.flush()?;
+        }
+        anyhow::Ok(())
+    };
+    match args.rate {
+        None => {
+            let mut made = 0u64;
+            while made < args.records {
+                let n = args.batch.min((args.records - made) as usize);
+                let batch: Vec<Record> =
+                    (made..made + n as u64).map(|i| source.record(i)).collect();
+                report(commit(&store, &decoder, batch, &mut latencies, &mut failures)?, &mut out)?;
+                made += n as u64;
+            }
+        }
+        Some(rate) => {
+            let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(4096);
+            let total = args.records;
+            let generator = std::thread::spawn(move || {
+                // One small batch per millisecond tick, as the capture's
+                // ring reader hands them on at this rate.
+                let start = Instant::now();
+                let mut made = 0u64;
+                while made < total {
+                    let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                    let n = due.min(total).saturating_sub(made);
+                    if n == 0 {
+                        std::thread::sleep(Duration::from_micros(500));
+                        continue;
+                    }
+                    let batch = (made..made + n).map(|i| source.record(i)).collect();
+                    if tx.send(batch).is_err() {
+                        return;
+                    }
+                    made += n;
+                }
+            });
+            let flush = store.flush_policy();
+            while let Ok(mut batch) = rx.recv() {
+                let deadline = Instant::now() + flush.interval;
+                while batch.len() < flush.max_records {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                report(commit(&store, &decoder, batch, &mut latencies, &mut failures)?, &mut out)?;
+            }
+            generator.join().map_err(|_| anyhow::anyhow!("the generator panicked"))?;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let summary = json!({
+        "records": latencies.len(),
+        "blocks": blocks,
+        "seconds": secs,
+        "records_per_second": latencies.len() as f64 / secs,
+        "write_failures": crate::metrics::store_write_failures(),
+        "evicted_records": crate::metrics::store_evicted_records(),
+        "failed_appends": failures.appends,
+        "failed_records": failures.records,
+        "codec": codec.name(),
+        "level": config.compression_level,
+        "latency_ms": {
+            "p50": percentile(&latencies, 0.50),
+            "p99": percentile(&latencies, 0.99),
+            "max": percentile(&latencies, 1.0),
+        },
+    });
+    // With the ranges on stdout, the summary goes to stderr.
+    if args.summary {
+        writeln!(out, "{summary}")?;
+    } else {
+        eprintln!("{summary}");
+    }
+    Ok(())
+}
