@@ -33,12 +33,12 @@ const MAX_SEQUENCE_SOURCES: usize = 10_000;
 pub struct FlowDecoder {
     parser: AutoScopedParser,
     /// (exporter, version, domain) → the sequence number expected next.
-    expected: HashMap<(IpAddr, u16, u32), u32>,
+    expected: SequenceTracker<(IpAddr, u16, u32)>,
 }
 
 impl Default for FlowDecoder {
     fn default() -> Self {
-        FlowDecoder { parser: AutoScopedParser::new(), expected: HashMap::new() }
+        FlowDecoder { parser: AutoScopedParser::new(), expected: SequenceTracker::default() }
     }
 }
 
@@ -49,10 +49,24 @@ pub struct Sequence {
     pub restarted: bool,
 }
 
-impl FlowDecoder {
-    /// Checks `sequence` against what the exporter's previous datagram
+/// The sequence number each source should send next, keyed by whatever
+/// identifies a sequence (NetFlow: exporter, version, domain; sFlow:
+/// agent address and sub-agent id). Bounded: beyond
+/// `MAX_SEQUENCE_SOURCES` keys it starts over.
+pub struct SequenceTracker<K> {
+    expected: HashMap<K, u32>,
+}
+
+impl<K> Default for SequenceTracker<K> {
+    fn default() -> Self {
+        SequenceTracker { expected: HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> SequenceTracker<K> {
+    /// Checks `sequence` against what the source's previous datagram
     /// announced, and remembers what to expect after this one (`advance`).
-    fn sequence(&mut self, key: (IpAddr, u16, u32), sequence: u32, advance: u32) -> Sequence {
+    pub fn check(&mut self, key: K, sequence: u32, advance: u32) -> Sequence {
         if self.expected.len() >= MAX_SEQUENCE_SOURCES && !self.expected.contains_key(&key) {
             self.expected.clear();
         }
@@ -71,6 +85,12 @@ impl FlowDecoder {
         }
         self.expected.insert(key, sequence.wrapping_add(advance));
         out
+    }
+}
+
+impl FlowDecoder {
+    fn sequence(&mut self, key: (IpAddr, u16, u32), sequence: u32, advance: u32) -> Sequence {
+        self.expected.check(key, sequence, advance)
     }
 
     pub fn decode(&mut self, exporter: SocketAddr, payload: &[u8]) -> (Decoded, Sequence) {
