@@ -78,6 +78,12 @@ impl SflowDecoder {
         let mut fields = Map::new();
         let mut sequence = Sequence::default();
         let Some(datagram) = datagram else {
+            // The header did not parse; its first word still says which
+            // version was sent (sFlow v2/v4, or another protocol's header).
+            if let Some(version) = payload.get(..4) {
+                let version = u32::from_be_bytes(version.try_into().unwrap_or_default());
+                fields.insert("version".into(), json!(version));
+            }
             return (Decoded { fields, parse_error, reply: None }, sequence);
         };
         let agent = match datagram.agent_address {
@@ -90,8 +96,7 @@ impl SflowDecoder {
         fields.insert("sequence".into(), json!(datagram.sequence_number));
         fields.insert("uptime_ms".into(), json!(datagram.uptime));
         fields.insert("sample_count".into(), json!(declared));
-        sequence =
-            self.expected.check((agent, datagram.sub_agent_id), datagram.sequence_number, 1);
+        sequence = self.expected.check((agent, datagram.sub_agent_id), datagram.sequence_number, 1);
         if sequence.lost > 0 {
             fields.insert("sequence_gap".into(), json!(sequence.lost));
         }
@@ -110,17 +115,20 @@ impl SflowDecoder {
             // One sFlow datagram per UDP datagram: anything after it is
             // extra (the crate tried to read it as another datagram).
             let extra = result.datagrams.len() - 1;
+            let datagram = result.datagrams.swap_remove(0);
+            let declared = datagram.samples.len() as u32;
             let error = (extra > 0 || result.error.is_some()).then(|| {
                 ParseError::new(
                     "trailing_bytes",
                     match &result.error {
-                        Some(e) => format!("bytes after the datagram: {e}"),
+                        Some(e) => format!(
+                            "bytes follow the datagram's {declared} samples (read as another \
+                             datagram: {e})"
+                        ),
                         None => format!("{extra} more datagram(s) after the first"),
                     },
                 )
             });
-            let datagram = result.datagrams.swap_remove(0);
-            let declared = datagram.samples.len() as u32;
             return (Some(datagram), declared, error);
         }
         let error = result.error.unwrap_or(SflowError::Incomplete {
@@ -131,8 +139,12 @@ impl SflowDecoder {
         let reason = match &error {
             SflowError::Incomplete { .. } => "truncated",
             SflowError::UnsupportedVersion { .. } => "bad_version",
+            // The crate reports a cut address as a bad address type.
             SflowError::ParseError { context: ParseContext::AgentAddress, .. } => {
-                "bad_agent_address"
+                match payload.get(4..8) {
+                    Some([0, 0, 0, 1 | 2]) => "truncated",
+                    _ => "bad_agent_address",
+                }
             }
             SflowError::ParseError { .. } => "bad_sample",
             SflowError::TooManySamples { .. } => "too_many_samples",
@@ -324,9 +336,8 @@ fn packet_header(protocol: u32, header: &[u8]) -> Map<String, Value> {
         _ => None,
     };
     let Some(packet) = packet else { return out };
-    let mac = |m: [u8; 6]| {
-        json!(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
-    };
+    let mac =
+        |m: [u8; 6]| json!(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"));
     if let Some(LinkSlice::Ethernet2(eth)) = &packet.link {
         out.insert("src_mac".into(), mac(eth.source()));
         out.insert("dst_mac".into(), mac(eth.destination()));
@@ -484,11 +495,14 @@ mod tests {
 
         let mut v4 = good.clone();
         v4[3] = 4;
-        assert_eq!(reason(&decoder.decode(&v4).0), Some("bad_version"));
+        let (d, _) = decoder.decode(&v4);
+        assert_eq!(reason(&d), Some("bad_version"));
+        assert_eq!(d.fields["version"], 4, "the version sent, for the operator");
         let mut address = good.clone();
         address[7] = 3;
         assert_eq!(reason(&decoder.decode(&address).0), Some("bad_agent_address"));
         assert_eq!(reason(&decoder.decode(&good[..20]).0), Some("truncated"));
+        assert_eq!(reason(&decoder.decode(&good[..10]).0), Some("truncated"), "address cut");
 
         // The counter sample cut short: the header and the flow sample stay.
         let (d, s) = decoder.decode(&good[..good.len() - 8]);
