@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 #[test]
 fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
     let (mut files, mut datagrams, mut flows_compared, mut known_limits) = (0, 0, 0, 0);
-    let mut records_compared = 0;
+    let (mut records_compared, mut templates_compared) = (0, 0);
     let mut disagreements = Vec::new();
     for expected in common::shared_expected() {
         let Some(list) = expected["datagrams"].as_array() else { continue };
@@ -73,6 +73,24 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
             }
             if !flow["observation_domain_id"].is_null() {
                 check("domain", &got.fields["observation_domain"], &flow["observation_domain_id"]);
+            }
+            if matches!(flow["version"].as_u64(), Some(9 | 10)) && got.parse_error.is_none() {
+                let defined: Vec<&Value> = flow["templates_defined"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| &t["template_id"])
+                    .collect();
+                check("templates defined", &got.fields["template_ids"], &json!(defined));
+                let data: Vec<&Value> = flow["sets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| &s["set_id"])
+                    .filter(|id| id.as_u64().is_some_and(|id| id >= 256))
+                    .collect();
+                check("data set ids", &got.fields["data_set_ids"], &json!(data));
+                templates_compared += 1;
             }
             let all_known = flow["sets"].as_array().is_some_and(|sets| {
                 sets.iter().all(|s| s["kind"] != "data" || s["template_known"] == true)
@@ -128,9 +146,11 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
         }
     }
     println!(
-        "{files} captures, {datagrams} flow datagrams, {flows_compared} record counts and \
-         {records_compared} record fields compared, {known_limits} known parser limits"
+        "{files} captures, {datagrams} flow datagrams, {flows_compared} record counts, \
+         {templates_compared} template and data set id lists and {records_compared} record \
+         fields compared, {known_limits} known parser limits"
     );
+    assert!(templates_compared > 100, "template ids were compared");
     assert_eq!(known_limits, 2, "the known netflow_parser limit changed: re-check it");
     assert!(records_compared > 500, "first records were compared");
     for d in &disagreements {
