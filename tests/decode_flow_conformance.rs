@@ -607,3 +607,43 @@ fn sflow_agrees_with_tshark_on_every_shared_capture() {
     assert_eq!(known_limits, 2, "the known tshark limit changed: re-check it");
     assert!(disagreements.is_empty(), "{} disagreements (above)", disagreements.len());
 }
+
+/// Every shared sFlow datagram, with bytes changed and cut: the decoder
+/// never panics and names its trouble from its fixed set of reasons.
+#[test]
+fn mutated_shared_sflow_datagrams_never_panic() {
+    use proptest::prelude::*;
+    use raven_agent::decode::sflow::{REASONS, SflowDecoder};
+    let mut payloads = Vec::new();
+    for expected in common::shared_expected() {
+        let Some(list) = expected["datagrams"].as_array() else { continue };
+        if !list.iter().any(|d| d["protocol"] == "sflow") || expected["input"]["kind"] != "pcap" {
+            continue;
+        }
+        let captured = common::shared_capture(expected["file"].as_str().unwrap());
+        payloads.extend(captured.into_iter().map(|(_, payload)| payload));
+    }
+    assert!(payloads.len() >= 70, "the shared sFlow captures were read");
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(2000));
+    let strategy = (
+        0..payloads.len(),
+        proptest::collection::vec((0usize..1500, any::<u8>()), 0..6),
+        0usize..1500,
+    );
+    runner
+        .run(&strategy, |(i, flips, cut)| {
+            let mut datagram = payloads[i].clone();
+            for (at, byte) in flips {
+                if at < datagram.len() {
+                    datagram[at] = byte;
+                }
+            }
+            datagram.truncate(cut);
+            let (decoded, _) = SflowDecoder::default().decode(&datagram);
+            if let Some(e) = decoded.parse_error {
+                prop_assert!(REASONS.contains(&e.reason), "{}", e.reason);
+            }
+            Ok(())
+        })
+        .unwrap();
+}
