@@ -33,12 +33,12 @@ const MAX_SEQUENCE_SOURCES: usize = 10_000;
 pub struct FlowDecoder {
     parser: AutoScopedParser,
     /// (exporter, version, domain) → the sequence number expected next.
-    expected: HashMap<(IpAddr, u16, u32), u32>,
+    expected: SequenceTracker<(IpAddr, u16, u32)>,
 }
 
 impl Default for FlowDecoder {
     fn default() -> Self {
-        FlowDecoder { parser: AutoScopedParser::new(), expected: HashMap::new() }
+        FlowDecoder { parser: AutoScopedParser::new(), expected: SequenceTracker::default() }
     }
 }
 
@@ -49,10 +49,24 @@ pub struct Sequence {
     pub restarted: bool,
 }
 
-impl FlowDecoder {
-    /// Checks `sequence` against what the exporter's previous datagram
+/// The sequence number each source should send next, keyed by whatever
+/// identifies a sequence (NetFlow: exporter, version, domain; sFlow:
+/// agent address and sub-agent id). Bounded: beyond
+/// `MAX_SEQUENCE_SOURCES` keys it starts over.
+pub struct SequenceTracker<K> {
+    expected: HashMap<K, u32>,
+}
+
+impl<K> Default for SequenceTracker<K> {
+    fn default() -> Self {
+        SequenceTracker { expected: HashMap::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> SequenceTracker<K> {
+    /// Checks `sequence` against what the source's previous datagram
     /// announced, and remembers what to expect after this one (`advance`).
-    fn sequence(&mut self, key: (IpAddr, u16, u32), sequence: u32, advance: u32) -> Sequence {
+    pub fn check(&mut self, key: K, sequence: u32, advance: u32) -> Sequence {
         if self.expected.len() >= MAX_SEQUENCE_SOURCES && !self.expected.contains_key(&key) {
             self.expected.clear();
         }
@@ -71,6 +85,12 @@ impl FlowDecoder {
         }
         self.expected.insert(key, sequence.wrapping_add(advance));
         out
+    }
+}
+
+impl FlowDecoder {
+    fn sequence(&mut self, key: (IpAddr, u16, u32), sequence: u32, advance: u32) -> Sequence {
+        self.expected.check(key, sequence, advance)
     }
 
     pub fn decode(&mut self, exporter: SocketAddr, payload: &[u8]) -> (Decoded, Sequence) {
@@ -164,6 +184,11 @@ impl FlowDecoder {
             (10, Some(d)) => fields.insert("observation_domain".into(), json!(d)),
             _ => None,
         };
+        if matches!(version, 9 | 10) {
+            let (defined, data) = template_ids(raw.get(variant_name(packet)));
+            fields.insert("template_ids".into(), json!(defined));
+            fields.insert("data_set_ids".into(), json!(data));
+        }
         fields.insert("flows".into(), Value::Array(flows));
         if parse_error.is_none() && result.packets.len() > 1 {
             parse_error = Some(ParseError::new(
@@ -173,6 +198,37 @@ impl FlowDecoder {
         }
         (Decoded { fields, parse_error, reply: None }, sequence)
     }
+}
+
+/// The template ids a v9/IPFIX message defines (templates and options
+/// templates), and the set id of each of its data sets (the template it
+/// needs), from the parser's serialized flowsets.
+fn template_ids(packet: Option<&Value>) -> (Vec<u64>, Vec<u64>) {
+    let (mut defined, mut data) = (Vec::new(), Vec::new());
+    let sets = packet.and_then(|p| p.get("flowsets")).and_then(Value::as_array);
+    for set in sets.into_iter().flatten() {
+        let id = set.get("header").and_then(|h| h.get("flowset_id").or_else(|| h.get("header_id")));
+        if let Some(id) = id.and_then(Value::as_u64).filter(|&id| id >= 256) {
+            data.push(id);
+        }
+        // {"Template": {…}}, {"Templates": [{…}]}, {"OptionsTemplates": …};
+        // not {"NoTemplate": …}, which names a template it lacks.
+        let Some(Value::Object(body)) = set.get("body") else { continue };
+        for (kind, body) in body {
+            if kind.contains("Template") && !kind.starts_with("NoTemplate") {
+                let templates = match body {
+                    Value::Array(list) => list.iter().collect(),
+                    Value::Object(_) => match body.get("templates") {
+                        Some(Value::Array(list)) => list.iter().collect(),
+                        _ => vec![body],
+                    },
+                    _ => Vec::new(),
+                };
+                defined.extend(templates.iter().filter_map(|t| t.get("template_id")?.as_u64()));
+            }
+        }
+    }
+    (defined, data)
 }
 
 fn variant_name(packet: &NetflowPacket) -> &'static str {
@@ -240,6 +296,42 @@ mod tests {
         // Another router has its own sequence.
         let other: SocketAddr = "192.0.2.2:2055".parse().unwrap();
         assert_eq!(decoder.decode(other, &v5(1, 9000)).1, Sequence::default());
+    }
+
+    #[test]
+    fn v9_template_and_data_set_ids() {
+        // Header, then template 256 (src, dst, ports, protocol), then a data
+        // set of template 256 with one record (13 bytes, padded to 16).
+        let mut d = Vec::new();
+        for word in [9u16, 2] {
+            d.extend(word.to_be_bytes());
+        }
+        for word in [1000u32, 1_800_000_000, 41, 7] {
+            d.extend(word.to_be_bytes());
+        }
+        let fields: [(u16, u16); 5] = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1)];
+        d.extend(0u16.to_be_bytes());
+        d.extend((8 + 4 * fields.len() as u16).to_be_bytes());
+        d.extend(256u16.to_be_bytes());
+        d.extend((fields.len() as u16).to_be_bytes());
+        for (kind, len) in fields {
+            d.extend(kind.to_be_bytes());
+            d.extend(len.to_be_bytes());
+        }
+        d.extend(256u16.to_be_bytes());
+        d.extend(20u16.to_be_bytes());
+        d.extend([192, 0, 2, 10, 198, 18, 0, 20]);
+        d.extend(53u16.to_be_bytes());
+        d.extend(5353u16.to_be_bytes());
+        d.extend([17, 0, 0, 0]);
+        let mut decoder = FlowDecoder::default();
+        let (d, _) = decoder.decode("192.0.2.1:2055".parse().unwrap(), &d);
+        assert_eq!(d.parse_error, None, "{:?}", d.fields);
+        assert_eq!(d.fields["template_ids"], json!([256]));
+        assert_eq!(d.fields["data_set_ids"], json!([256]));
+        assert_eq!(d.fields["source_id"], 7);
+        let flow = &d.fields["flows"][0];
+        assert_eq!((&flow["src_addr"], &flow["dst_port"]), (&json!("192.0.2.10"), &json!(5353)));
     }
 
     proptest::proptest! {

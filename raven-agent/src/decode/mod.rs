@@ -13,14 +13,14 @@
 //! (the JSON schema the store keeps and `raven-agent segments cat` prints).
 //!
 //! Operations: [`Decoder::decode_batch`] per captured batch (one metrics
-//! event per batch). Syslog, SNMP, NetFlow and IPFIX are decoded; sFlow is
-//! kept raw for now (`raw_only` in the metrics), which loses nothing: the
-//! bytes are stored and forwarded as received.
+//! event per batch). Syslog, SNMP, NetFlow, IPFIX and sFlow v5 are decoded;
+//! flow decoders also report sequence gaps (loss upstream) per exporter.
 
 pub mod capture_file;
 pub mod cli;
 pub mod exporters;
 pub mod flow;
+pub mod sflow;
 pub mod snmp;
 pub mod syslog;
 
@@ -62,6 +62,8 @@ pub struct Decoder {
     /// Templates and sequence state change with every datagram.
     flow: std::sync::Mutex<flow::FlowDecoder>,
     exporters: std::sync::Arc<exporters::ExporterBook>,
+    /// sFlow sequence state per agent.
+    sflow: std::sync::Mutex<sflow::SflowDecoder>,
 }
 
 impl Decoder {
@@ -72,6 +74,7 @@ impl Decoder {
             syslog: syslog::SyslogDecoder::new(offset),
             flow: std::sync::Mutex::new(flow::FlowDecoder::default()),
             exporters: Default::default(),
+            sflow: std::sync::Mutex::new(sflow::SflowDecoder::default()),
         }
     }
 
@@ -89,7 +92,11 @@ impl Decoder {
                 let (decoded, sequence) = flow.decode(record.src, &record.payload);
                 (Some(decoded), sequence)
             }
-            Stream::Sflow => (None, none),
+            Stream::Sflow => {
+                let mut sflow = self.sflow.lock().unwrap_or_else(|p| p.into_inner());
+                let (decoded, sequence) = sflow.decode(&record.payload);
+                (Some(decoded), sequence)
+            }
         }
     }
 
