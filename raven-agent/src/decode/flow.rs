@@ -13,16 +13,26 @@
 //!   backwards, or forwards by more than half the number space, is an
 //!   exporter restart, not loss.
 //!
-//! Not yet: templates are not journaled across Raven restarts, and data
-//! that arrives before its template is reported (`pending`) rather than
-//! held and decoded later.
+//! - Templates survive a restart: the parser writes them through to the
+//!   [template journal](super::templates) in the data directory and asks
+//!   it on a cache miss.
+//! - Data that arrives before its template is held by the parser (bounded:
+//!   [`PENDING_TEMPLATES`] template ids per source, [`PENDING_PER_TEMPLATE`]
+//!   data sets each, [`PENDING_TTL`]) and decoded when the template comes:
+//!   its flows are reported with the datagram that carried the template.
+//!   The datagram that was held is stored at once, raw, with
+//!   `undecoded_data_set`; what expires or overflows is counted
+//!   (`raven_decode_flow_pending_total{outcome="dropped"}`).
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
 };
 
-use netflow_parser::{AutoScopedParser, NetflowPacket};
+use netflow_parser::{
+    AutoScopedParser, CacheMetrics, NetflowPacket, NetflowParser, PendingFlowsConfig,
+    TemplateStore,
+};
 use serde_json::{Map, Value, json};
 
 use super::{Decoded, ParseError};
@@ -30,15 +40,48 @@ use super::{Decoded, ParseError};
 /// Exporters whose sequence state is kept (oldest forgotten beyond).
 const MAX_SEQUENCE_SOURCES: usize = 10_000;
 
+/// Held data: template ids per source, data sets per template id, and how
+/// long they wait (exporters announce templates at least every few
+/// minutes; Cisco's default is 30 minutes for v9, so some data is lost on
+/// a fresh start with an empty journal — counted).
+pub const PENDING_TEMPLATES: usize = 64;
+pub const PENDING_PER_TEMPLATE: usize = 256;
+pub const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub struct FlowDecoder {
     parser: AutoScopedParser,
     /// (exporter, version, domain) → the sequence number expected next.
     expected: SequenceTracker<(IpAddr, u16, u32)>,
+    /// Template cache totals at the last metrics sample.
+    sampled: TemplateCacheTotals,
 }
 
 impl Default for FlowDecoder {
     fn default() -> Self {
-        FlowDecoder { parser: AutoScopedParser::new(), expected: SequenceTracker::default() }
+        FlowDecoder::new(None)
+    }
+}
+
+/// Template cache and held-data counters summed over every source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TemplateCacheTotals {
+    pub pending_cached: u64,
+    pub pending_replayed: u64,
+    pub pending_dropped: u64,
+    pub restored: u64,
+    pub journal_errors: u64,
+    /// Data sets held right now.
+    pub pending_now: u64,
+}
+
+impl TemplateCacheTotals {
+    fn add(&mut self, m: &CacheMetrics, pending_now: usize) {
+        self.pending_cached += m.pending_cached;
+        self.pending_replayed += m.pending_replayed;
+        self.pending_dropped += m.pending_dropped + m.pending_replay_failed;
+        self.restored += m.template_store_restored;
+        self.journal_errors += m.template_store_codec_errors + m.template_store_backend_errors;
+        self.pending_now += pending_now as u64;
     }
 }
 
@@ -89,6 +132,41 @@ impl<K: std::hash::Hash + Eq> SequenceTracker<K> {
 }
 
 impl FlowDecoder {
+    /// A decoder that holds data waiting for templates and, with a
+    /// journal, keeps templates across restarts.
+    pub fn new(journal: Option<std::sync::Arc<dyn TemplateStore>>) -> FlowDecoder {
+        let mut pending = PendingFlowsConfig::with_ttl(PENDING_TEMPLATES, PENDING_TTL);
+        pending.max_entries_per_template = PENDING_PER_TEMPLATE;
+        let mut builder = NetflowParser::builder().with_pending_flows(pending);
+        if let Some(journal) = journal {
+            builder = builder.with_template_store(journal);
+        }
+        let parser = AutoScopedParser::try_with_builder(builder)
+            .expect("the pending-flow settings above are valid");
+        FlowDecoder { parser, expected: SequenceTracker::default(), sampled: Default::default() }
+    }
+
+    /// Totals now, and their growth since the last call (for counters).
+    pub fn sample(&mut self) -> (TemplateCacheTotals, TemplateCacheTotals) {
+        let mut now = TemplateCacheTotals::default();
+        let infos = self.parser.v9_info().into_iter().map(|(_, info)| info);
+        for info in infos.chain(self.parser.ipfix_info().into_iter().map(|(_, info)| info)) {
+            now.add(&info.v9.metrics, info.v9.pending_flow_count);
+            now.add(&info.ipfix.metrics, info.ipfix.pending_flow_count);
+        }
+        let last = std::mem::replace(&mut self.sampled, now);
+        // Evicted sources take their counts with them: never go negative.
+        let grown = TemplateCacheTotals {
+            pending_cached: now.pending_cached.saturating_sub(last.pending_cached),
+            pending_replayed: now.pending_replayed.saturating_sub(last.pending_replayed),
+            pending_dropped: now.pending_dropped.saturating_sub(last.pending_dropped),
+            restored: now.restored.saturating_sub(last.restored),
+            journal_errors: now.journal_errors.saturating_sub(last.journal_errors),
+            pending_now: now.pending_now,
+        };
+        (now, grown)
+    }
+
     fn sequence(&mut self, key: (IpAddr, u16, u32), sequence: u32, advance: u32) -> Sequence {
         self.expected.check(key, sequence, advance)
     }

@@ -23,6 +23,7 @@ pub mod flow;
 pub mod sflow;
 pub mod snmp;
 pub mod syslog;
+pub mod templates;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};

@@ -58,6 +58,15 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE config_history (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, json TEXT NOT NULL);
      CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    // 2: the NetFlow v9 / IPFIX template journal (decode::templates).
+    "CREATE TABLE templates (
+        scope TEXT NOT NULL,              -- netflow_parser's per-exporter scope
+        kind TEXT NOT NULL,
+        template_id INTEGER NOT NULL,
+        value BLOB NOT NULL,              -- the parser's own encoding
+        updated INTEGER NOT NULL,         -- unix seconds
+        PRIMARY KEY (scope, kind, template_id)
+     );",
 ];
 
 /// What the store holds of one exporter (summed over its segments).
