@@ -46,7 +46,10 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
             args.syslog_timezone
         );
     }
-    let decoder = Decoder::new(&DecodeConfig { syslog_timezone: args.syslog_timezone.clone() });
+    let decoder = Decoder::new(&DecodeConfig {
+        syslog_timezone: args.syslog_timezone.clone(),
+        ..DecodeConfig::default()
+    });
     let mut ports: BTreeMap<u16, Stream> =
         Stream::WIRE.iter().map(|&s| (s.default_port(), s)).collect();
     for &(stream, port) in &args.ports {

@@ -23,6 +23,7 @@ pub mod exporters;
 pub mod flow;
 pub mod snmp;
 pub mod syslog;
+pub mod usm;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -35,7 +36,8 @@ pub struct Decoded {
     /// Set when the input did not fully parse.
     pub parse_error: Option<ParseError>,
     /// A datagram to send back to the record's source once the record is
-    /// durable (the Response PDU that acknowledges an SNMP inform).
+    /// durable: the Response PDU that acknowledges an SNMP inform, or the
+    /// Report an SNMPv3 request gets (engine discovery, USM errors).
     pub reply: Option<Bytes>,
 }
 
@@ -62,6 +64,8 @@ pub struct Decoder {
     /// Templates and sequence state change with every datagram.
     flow: std::sync::Mutex<flow::FlowDecoder>,
     exporters: std::sync::Arc<exporters::ExporterBook>,
+    /// USM users (keys derived once, here) and Raven's SNMP engine.
+    snmp: snmp::SnmpDecoder,
 }
 
 impl Decoder {
@@ -72,7 +76,20 @@ impl Decoder {
             syslog: syslog::SyslogDecoder::new(offset),
             flow: std::sync::Mutex::new(flow::FlowDecoder::default()),
             exporters: Default::default(),
+            snmp: snmp::SnmpDecoder::new(
+                usm::Usm::new(
+                    config.snmp_users.iter().filter_map(usm::User::from_config).collect(),
+                ),
+                usm::LocalEngine::ephemeral(&config.snmp_engine_id),
+            ),
         }
+    }
+
+    /// Answers SNMPv3 informs as this engine (the persisted one of a
+    /// running appliance) instead of an ephemeral one.
+    pub fn with_snmp_engine(mut self, engine: usm::LocalEngine) -> Decoder {
+        self.snmp.set_engine(engine);
+        self
     }
 
     /// Decodes one record; also returns what its sequence number says
@@ -82,7 +99,7 @@ impl Decoder {
         let none = flow::Sequence::default();
         match record.stream {
             Stream::Syslog => (Some(self.syslog.decode(&record.payload, record.captured_at)), none),
-            Stream::Snmp => (Some(snmp::decode(&record.payload)), none),
+            Stream::Snmp => (Some(self.snmp.decode(&record.payload)), none),
             Stream::Windows => (Some(windows_event(&record.payload)), none),
             Stream::Netflow | Stream::Ipfix => {
                 let mut flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
