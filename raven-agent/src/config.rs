@@ -1132,4 +1132,73 @@ mod tests {
             .to_string();
         assert!(err.contains("gopher"), "{err}");
     }
+
+    const USERS: &str = "[decode]\nsnmp_engine_id = \"0x80007ed90501020304\"\n\
+        [[decode.snmp_users]]\nname = \"noc\"\nauth_protocol = \"sha256\"\n\
+        auth_passphrase = \"auth-secret-1\"\npriv_protocol = \"aes128\"\n\
+        priv_passphrase = \"priv-secret-1\"\n\
+        [[decode.snmp_users]]\nname = \"sw1\"\nengine_id = \"8000000001020304\"\n\
+        auth_protocol = \"md5\"\nauth_passphrase = \"auth-secret-2\"\n";
+
+    #[test]
+    fn snmp_users_parse_and_bad_ones_are_refused_by_key() {
+        let ok = Config::parse(USERS).unwrap();
+        assert_eq!(ok.decode.snmp_users.len(), 2);
+        assert_eq!(ok.decode.snmp_users[1].priv_protocol, "");
+        let err = Config::parse(
+            "[decode]\nsnmp_engine_id = \"80\"\n\
+             [[decode.snmp_users]]\nname = \"\"\nengine_id = \"xyz\"\nauth_protocol = \"sha3\"\n\
+             auth_passphrase = \"short\"\npriv_protocol = \"3des\"\npriv_passphrase = \"(redacted)\"\n\
+             [[decode.snmp_users]]\nname = \"a\"\nauth_protocol = \"sha\"\n\
+             auth_passphrase = \"long enough\"\npriv_passphrase = \"orphan-passphrase\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "decode.snmp_engine_id",
+                "decode.snmp_users[0].name",
+                "decode.snmp_users[0].engine_id",
+                "decode.snmp_users[0].auth_protocol",
+                "decode.snmp_users[0].auth_passphrase",
+                "decode.snmp_users[0].priv_protocol",
+                "decode.snmp_users[0].priv_passphrase",
+                "decode.snmp_users[1].priv_passphrase",
+            ]
+        );
+        let text = format!("{problems:?}");
+        assert!(!text.contains("short") && !text.contains("orphan-passphrase"), "{text}");
+    }
+
+    #[test]
+    fn passphrases_are_redacted_wherever_the_config_is_shown_and_kept_when_posted_back() {
+        let running = Config::parse(USERS).unwrap();
+        let shown = running.redacted();
+        for text in [
+            serde_json::to_string(&shown).unwrap(),
+            toml::to_string(&shown).unwrap(),
+            format!("{running:?}"),
+        ] {
+            assert!(!text.contains("auth-secret") && !text.contains("priv-secret"), "{text}");
+            assert!(text.contains(REDACTED), "{text}");
+        }
+        // GET, edit, POST: the redacted values come back as the running ones.
+        let mut posted: Config =
+            serde_json::from_str(&serde_json::to_string(&shown).unwrap()).unwrap();
+        posted.decode.snmp_users.swap(0, 1);
+        posted.keep_secrets_from(&running);
+        posted.validate().unwrap();
+        assert_eq!(posted.decode.snmp_users[1].auth_passphrase.expose(), "auth-secret-1");
+        assert_eq!(posted.decode.snmp_users[1].priv_passphrase.expose(), "priv-secret-1");
+        assert_eq!(posted.decode.snmp_users[0].auth_passphrase.expose(), "auth-secret-2");
+        // A new user cannot take a redacted value from nowhere.
+        let mut new_user = shown.clone();
+        new_user.decode.snmp_users[0].name = "someone-else".into();
+        new_user.keep_secrets_from(&running);
+        assert!(new_user.validate().is_err());
+        // The file written back holds the real values.
+        assert!(toml::to_string(&running).unwrap().contains("auth-secret-1"));
+    }
 }

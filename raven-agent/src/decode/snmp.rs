@@ -303,7 +303,7 @@ fn parse_scoped<T>(
     let header = ber::seq(&[ber::int(0), ber::int(MAX_SIZE), ber::octets(&[0]), ber::int(3)]);
     let wrapped = ber::seq(&[ber::int(3), header, ber::octets(&usm), scoped.to_vec()]);
     match parse_snmp_v3(&wrapped) {
-        Ok((rest, m)) if rest.is_empty() => match &m.data {
+        Ok(([], m)) => match &m.data {
             ScopedPduData::Plaintext(s) => Ok((scoped.to_vec(), read(s))),
             ScopedPduData::Encrypted(_) => Err("not a scoped PDU".into()),
         },

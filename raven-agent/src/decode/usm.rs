@@ -427,11 +427,14 @@ impl LocalKeys {
     }
 }
 
+/// (user index, engine ID) → that user's keys localised to that engine.
+type KeyCache = HashMap<(usize, Vec<u8>), Arc<LocalKeys>>;
+
 /// The configured users and their localised keys.
 #[derive(Default)]
 pub struct Usm {
     users: Vec<User>,
-    cache: Mutex<HashMap<(usize, Vec<u8>), Arc<LocalKeys>>>,
+    cache: Mutex<KeyCache>,
 }
 
 impl fmt::Debug for Usm {
@@ -555,7 +558,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 /// 5 to 32 of them.
 pub fn parse_engine_id(text: &str) -> Option<Vec<u8>> {
     let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
-    if digits.len() % 2 != 0 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !digits.len().is_multiple_of(2) || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes: Vec<u8> = (0..digits.len())
