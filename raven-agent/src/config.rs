@@ -445,6 +445,20 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+/// toml's message quotes the offending line; not when that line may hold
+/// a secret (a passphrase): then only the reason and the line number.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return e.to_string() };
+    let start = text.get(..span.start).unwrap_or(text).rfind('\n').map_or(0, |i| i + 1);
+    let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    if text[start..end].contains("passphrase") {
+        let line = text[..start].matches('\n').count() + 1;
+        format!("line {line}: {}", e.message())
+    } else {
+        e.to_string()
+    }
+}
+
 fn format_problems(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("{}: {}", p.key, p.reason)).collect::<Vec<_>>().join("; ")
 }
@@ -464,7 +478,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: "<config>".to_string(),
-            message: e.to_string(),
+            message: syntax_message(text, &e),
         })?;
         config.validate()?;
         Ok(config)
@@ -1170,6 +1184,19 @@ mod tests {
         );
         let text = format!("{problems:?}");
         assert!(!text.contains("short") && !text.contains("orphan-passphrase"), "{text}");
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_passphrase_line_does_not_quote_it() {
+        let err = Config::parse(
+            "[[decode.snmp_users]]\nname = \"a\"\nauth_protocol = \"sha\"\n\
+             auth_passphrase = not-quoted-secret\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 4") && !err.contains("not-quoted-secret"), "{err}");
+        let other = Config::parse("[capture]\nsnap_length = \"x\"\n").unwrap_err().to_string();
+        assert!(other.contains("snap_length"), "other lines are still quoted: {other}");
     }
 
     #[test]
