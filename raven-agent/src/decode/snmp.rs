@@ -473,8 +473,13 @@ impl SnmpDecoder {
         let mut keys = None;
         let mut decrypted = None;
         if privacy && !auth {
-            error = Some(ParseError::new("bad_flags", "privacy without authentication"));
-        } else if auth {
+            // An invalid msgFlags: dropped unanswered (RFC 3412 7.2 step 5).
+            fields.insert("authenticated".into(), json!(false));
+            fields.insert("encrypted".into(), json!(true));
+            let error = ParseError::new("bad_flags", "privacy without authentication");
+            return (Some(error), None);
+        }
+        if auth {
             let candidates = self.usm.candidates(user, engine_id);
             let verified = range_in(message, usm.msg_authentication_parameters)
                 .and_then(|at| candidates.iter().find(|k| k.verify(message, at.clone())).cloned());
@@ -501,9 +506,7 @@ impl SnmpDecoder {
                                     scoped_fields(scoped, fields);
                                     request.note(scoped);
                                 })
-                                .map_err(|e| {
-                                    format!("the decrypted PDU does not parse (wrong priv passphrase?): {e}")
-                                })
+                                .map_err(|e| format!("the decrypted PDU does not parse: {e}"))
                             })
                             .map(|(scoped, ())| scoped)
                     };
@@ -552,15 +555,15 @@ impl SnmpDecoder {
                 self.report(&request, stat, None)
             }
         } else if error.is_none() && request.pdu_type == Some(PduType::InformRequest) {
+            // At the inform's own security level, with the keys that verified it.
             let protection = match (keys.as_deref(), privacy) {
-                (None, _) => Some(Protection::None),
-                (Some(k), false) => Some(Protection::Auth(k)),
-                (Some(k), true) => Some(Protection::AuthPriv(k)),
+                (None, _) => Protection::None,
+                (Some(k), false) => Protection::Auth(k),
+                (Some(k), true) => Protection::AuthPriv(k),
             };
-            let scoped = decrypted.or_else(|| v3_data_range(message).map(|r| message[r].to_vec()));
-            scoped
-                .zip(protection)
-                .and_then(|(scoped, protection)| self.response(&request, protection, scoped))
+            decrypted
+                .or_else(|| v3_data_range(message).map(|r| message[r].to_vec()))
+                .and_then(|scoped| self.response(&request, protection, scoped))
         } else {
             None
         };
@@ -954,6 +957,14 @@ mod tests {
             "a user tied to another engine"
         );
 
+        // Privacy without authentication is no valid message: kept, unanswered.
+        let mut bad = frames[9].clone();
+        let at = flags_at(&bad);
+        bad[at] = 0x06;
+        let d = as_snmptrapd(3).decode(&bad);
+        assert_eq!(d.parse_error.map(|e| e.reason), Some("bad_flags"));
+        assert_eq!((d.fields["security_level"].as_str(), d.reply), (Some("invalid"), None));
+
         let none = SnmpDecoder::default();
         let d = none.decode(&frames[6]);
         assert_eq!(d.parse_error.map(|e| e.reason), Some("no_usm_user"));
@@ -1042,6 +1053,16 @@ mod tests {
         assert_eq!(varbind_value(&report, "1.3.6.1.6.3.15.1.1.5.0"), 1);
     }
 
+    /// Offset of a v3 message's msgFlags byte.
+    fn flags_at(message: &[u8]) -> usize {
+        let (_, body, _) = tlv(message, 0).unwrap();
+        let (_, version_at, version_len) = tlv(message, body).unwrap();
+        let (_, header_at, _) = tlv(message, version_at + version_len).unwrap();
+        let (_, id_at, id_len) = tlv(message, header_at).unwrap();
+        let (_, size_at, size_len) = tlv(message, id_at + id_len).unwrap();
+        tlv(message, size_at + size_len).unwrap().1
+    }
+
     /// A v3 InformRequest from Raven's own encoder, for protocol pairs the
     /// capture does not have (Net-SNMP's own are in tests/snmp_v3.rs).
     fn own_inform(sender: &SnmpDecoder, keys: Option<&LocalKeys>, privacy: bool) -> Vec<u8> {
@@ -1068,13 +1089,8 @@ mod tests {
         };
         let mut message = sender.message(&request, protection, &scoped).unwrap().to_vec();
         // Reportable, as a real inform is (then signed again).
-        let (_, body, _) = tlv(&message, 0).unwrap();
-        let (_, version_at, version_len) = tlv(&message, body).unwrap();
-        let (_, header_at, _) = tlv(&message, version_at + version_len).unwrap();
-        let (_, id_at, id_len) = tlv(&message, header_at).unwrap();
-        let (_, size_at, size_len) = tlv(&message, id_at + id_len).unwrap();
-        let (_, flags_at, _) = tlv(&message, size_at + size_len).unwrap();
-        message[flags_at] |= 4;
+        let at = flags_at(&message);
+        message[at] |= 4;
         if let Some(k) = keys {
             let Ok((_, m)) = parse_snmp_v3(&message) else { panic!() };
             let SecurityParameters::USM(usm) = &m.security_params else { panic!() };
