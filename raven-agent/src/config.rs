@@ -62,11 +62,119 @@ impl Default for WindowsConfig {
 pub struct DecodeConfig {
     /// Zone of syslog timestamps that carry none (RFC 3164): `UTC` or `±HH:MM`.
     pub syslog_timezone: String,
+    /// Raven's SNMP engine ID (hex, RFC 3411, 5–32 bytes), the one informs
+    /// are sent to; empty: generated once and kept in the data directory.
+    pub snmp_engine_id: String,
+    /// SNMPv3 USM users whose messages are authenticated and decrypted.
+    pub snmp_users: Vec<SnmpUserConfig>,
 }
 
 impl Default for DecodeConfig {
     fn default() -> Self {
-        DecodeConfig { syslog_timezone: "UTC".to_string() }
+        DecodeConfig {
+            syslog_timezone: "UTC".to_string(),
+            snmp_engine_id: String::new(),
+            snmp_users: Vec::new(),
+        }
+    }
+}
+
+/// A secret string (a passphrase): serialised as itself (the TOML file
+/// keeps it), but never shown by `Debug`; [`Config::redacted`] replaces it
+/// wherever the configuration is shown.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+/// What a shown configuration holds instead of a secret; posting it back
+/// keeps the running value.
+pub const REDACTED: &str = "(redacted)";
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { REDACTED })
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One `[[decode.snmp_users]]` entry (RFC 3414 usmUser).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnmpUserConfig {
+    /// msgUserName (1–32 bytes).
+    pub name: String,
+    /// Only for messages whose authoritative engine is this one (hex);
+    /// empty: any engine (traps from any agent, informs to Raven).
+    #[serde(default)]
+    pub engine_id: String,
+    /// `md5`, `sha1` (`sha`), `sha224`, `sha256`, `sha384`, `sha512`.
+    pub auth_protocol: String,
+    pub auth_passphrase: Secret,
+    /// `des`, `aes128` (`aes`); empty: authNoPriv only.
+    #[serde(default)]
+    pub priv_protocol: String,
+    #[serde(default)]
+    pub priv_passphrase: Secret,
+}
+
+impl DecodeConfig {
+    fn problems(&self) -> Vec<(String, String)> {
+        use crate::decode::usm::{AuthProtocol, PrivProtocol, parse_engine_id};
+        let mut out: Vec<(String, String)> = Vec::new();
+        if crate::decode::syslog::parse_offset(&self.syslog_timezone).is_none() {
+            out.push((
+                "decode.syslog_timezone".into(),
+                "must be UTC or an offset like +01:00".into(),
+            ));
+        }
+        if !self.snmp_engine_id.is_empty() && parse_engine_id(&self.snmp_engine_id).is_none() {
+            out.push((
+                "decode.snmp_engine_id".into(),
+                "must be 5 to 32 bytes of hex (or empty)".into(),
+            ));
+        }
+        for (i, user) in self.snmp_users.iter().enumerate() {
+            let key = |k: &str| format!("decode.snmp_users[{i}].{k}");
+            let passphrase = |p: &Secret, k: &str, out: &mut Vec<(String, String)>| {
+                if p.0 == REDACTED {
+                    out.push((
+                        key(k),
+                        "the redacted placeholder, and no running value to keep".into(),
+                    ));
+                } else if p.0.chars().count() < 8 {
+                    out.push((key(k), "must be at least 8 characters (RFC 3414 11.2)".into()));
+                }
+            };
+            if !(1..=32).contains(&user.name.len()) {
+                out.push((key("name"), "must be 1 to 32 bytes".into()));
+            }
+            if !user.engine_id.is_empty() && parse_engine_id(&user.engine_id).is_none() {
+                out.push((key("engine_id"), "must be 5 to 32 bytes of hex (or empty)".into()));
+            }
+            if AuthProtocol::from_name(&user.auth_protocol).is_none() {
+                out.push((key("auth_protocol"), format!("must be one of {}", AuthProtocol::NAMES)));
+            }
+            passphrase(&user.auth_passphrase, "auth_passphrase", &mut out);
+            if user.priv_protocol.is_empty() {
+                if !user.priv_passphrase.0.is_empty() {
+                    out.push((key("priv_passphrase"), "given without priv_protocol".into()));
+                }
+            } else {
+                if PrivProtocol::from_name(&user.priv_protocol).is_none() {
+                    out.push((
+                        key("priv_protocol"),
+                        format!("must be one of {} (or empty)", PrivProtocol::NAMES),
+                    ));
+                }
+                passphrase(&user.priv_passphrase, "priv_passphrase", &mut out);
+            }
+        }
+        out
     }
 }
 
@@ -337,6 +445,20 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+/// toml's message quotes the offending line; not when that line may hold
+/// a secret (a passphrase): then only the reason and the line number.
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return e.to_string() };
+    let start = text.get(..span.start).unwrap_or(text).rfind('\n').map_or(0, |i| i + 1);
+    let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    if text[start..end].contains("passphrase") {
+        let line = text[..start].matches('\n').count() + 1;
+        format!("line {line}: {}", e.message())
+    } else {
+        e.to_string()
+    }
+}
+
 fn format_problems(problems: &[Problem]) -> String {
     problems.iter().map(|p| format!("{}: {}", p.key, p.reason)).collect::<Vec<_>>().join("; ")
 }
@@ -356,7 +478,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: "<config>".to_string(),
-            message: e.to_string(),
+            message: syntax_message(text, &e),
         })?;
         config.validate()?;
         Ok(config)
@@ -453,8 +575,8 @@ impl Config {
         if w.max_requests_in_flight == 0 {
             problem("windows.max_requests_in_flight".into(), "must be at least 1");
         }
-        if crate::decode::syslog::parse_offset(&self.decode.syslog_timezone).is_none() {
-            problem("decode.syslog_timezone".into(), "must be UTC or an offset like +01:00");
+        for (key, reason) in self.decode.problems() {
+            problem(key, &reason);
         }
         for (key, reason) in self.store.problems() {
             problem(key, reason);
@@ -466,6 +588,42 @@ impl Config {
             problem(key, &reason);
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// This configuration as it may be shown (API, configuration history):
+    /// every secret replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        for user in &mut shown.decode.snmp_users {
+            for secret in [&mut user.auth_passphrase, &mut user.priv_passphrase] {
+                if !secret.0.is_empty() {
+                    secret.0 = REDACTED.to_string();
+                }
+            }
+        }
+        shown
+    }
+
+    /// Puts back the running secrets where a posted configuration holds
+    /// [`REDACTED`] (it was read from the API and edited): the same user
+    /// (name and engine) at the same position, or else the first with that
+    /// name and engine. What has no running value stays redacted, and
+    /// validation refuses it.
+    pub fn keep_secrets_from(&mut self, running: &Config) {
+        let running = &running.decode.snmp_users;
+        for (i, user) in self.decode.snmp_users.iter_mut().enumerate() {
+            let same = |r: &&SnmpUserConfig| r.name == user.name && r.engine_id == user.engine_id;
+            let Some(old) = running.get(i).filter(same).or_else(|| running.iter().find(same))
+            else {
+                continue;
+            };
+            if user.auth_passphrase.0 == REDACTED {
+                user.auth_passphrase = old.auth_passphrase.clone();
+            }
+            if user.priv_passphrase.0 == REDACTED {
+                user.priv_passphrase = old.priv_passphrase.clone();
+            }
+        }
     }
 }
 
@@ -987,5 +1145,87 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("gopher"), "{err}");
+    }
+
+    const USERS: &str = "[decode]\nsnmp_engine_id = \"0x80007ed90501020304\"\n\
+        [[decode.snmp_users]]\nname = \"noc\"\nauth_protocol = \"sha256\"\n\
+        auth_passphrase = \"auth-secret-1\"\npriv_protocol = \"aes128\"\n\
+        priv_passphrase = \"priv-secret-1\"\n\
+        [[decode.snmp_users]]\nname = \"sw1\"\nengine_id = \"8000000001020304\"\n\
+        auth_protocol = \"md5\"\nauth_passphrase = \"auth-secret-2\"\n";
+
+    #[test]
+    fn snmp_users_parse_and_bad_ones_are_refused_by_key() {
+        let ok = Config::parse(USERS).unwrap();
+        assert_eq!(ok.decode.snmp_users.len(), 2);
+        assert_eq!(ok.decode.snmp_users[1].priv_protocol, "");
+        let err = Config::parse(
+            "[decode]\nsnmp_engine_id = \"80\"\n\
+             [[decode.snmp_users]]\nname = \"\"\nengine_id = \"xyz\"\nauth_protocol = \"sha3\"\n\
+             auth_passphrase = \"short\"\npriv_protocol = \"3des\"\npriv_passphrase = \"(redacted)\"\n\
+             [[decode.snmp_users]]\nname = \"a\"\nauth_protocol = \"sha\"\n\
+             auth_passphrase = \"long enough\"\npriv_passphrase = \"orphan-passphrase\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else { panic!("{err}") };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "decode.snmp_engine_id",
+                "decode.snmp_users[0].name",
+                "decode.snmp_users[0].engine_id",
+                "decode.snmp_users[0].auth_protocol",
+                "decode.snmp_users[0].auth_passphrase",
+                "decode.snmp_users[0].priv_protocol",
+                "decode.snmp_users[0].priv_passphrase",
+                "decode.snmp_users[1].priv_passphrase",
+            ]
+        );
+        let text = format!("{problems:?}");
+        assert!(!text.contains("short") && !text.contains("orphan-passphrase"), "{text}");
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_passphrase_line_does_not_quote_it() {
+        let err = Config::parse(
+            "[[decode.snmp_users]]\nname = \"a\"\nauth_protocol = \"sha\"\n\
+             auth_passphrase = not-quoted-secret\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 4") && !err.contains("not-quoted-secret"), "{err}");
+        let other = Config::parse("[capture]\nsnap_length = \"x\"\n").unwrap_err().to_string();
+        assert!(other.contains("snap_length"), "other lines are still quoted: {other}");
+    }
+
+    #[test]
+    fn passphrases_are_redacted_wherever_the_config_is_shown_and_kept_when_posted_back() {
+        let running = Config::parse(USERS).unwrap();
+        let shown = running.redacted();
+        for text in [
+            serde_json::to_string(&shown).unwrap(),
+            toml::to_string(&shown).unwrap(),
+            format!("{running:?}"),
+        ] {
+            assert!(!text.contains("auth-secret") && !text.contains("priv-secret"), "{text}");
+            assert!(text.contains(REDACTED), "{text}");
+        }
+        // GET, edit, POST: the redacted values come back as the running ones.
+        let mut posted: Config =
+            serde_json::from_str(&serde_json::to_string(&shown).unwrap()).unwrap();
+        posted.decode.snmp_users.swap(0, 1);
+        posted.keep_secrets_from(&running);
+        posted.validate().unwrap();
+        assert_eq!(posted.decode.snmp_users[1].auth_passphrase.expose(), "auth-secret-1");
+        assert_eq!(posted.decode.snmp_users[1].priv_passphrase.expose(), "priv-secret-1");
+        assert_eq!(posted.decode.snmp_users[0].auth_passphrase.expose(), "auth-secret-2");
+        // A new user cannot take a redacted value from nowhere.
+        let mut new_user = shown.clone();
+        new_user.decode.snmp_users[0].name = "someone-else".into();
+        new_user.keep_secrets_from(&running);
+        assert!(new_user.validate().is_err());
+        // The file written back holds the real values.
+        assert!(toml::to_string(&running).unwrap().contains("auth-secret-1"));
     }
 }

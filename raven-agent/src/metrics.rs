@@ -36,6 +36,10 @@ pub struct Metrics {
     decode_errors: IntCounterVec,
     decode_lost: IntCounterVec,
     decode_restarts: IntCounterVec,
+    flow_pending: IntCounterVec,
+    flow_pending_now: IntGaugeVec,
+    flow_templates_restored: IntCounterVec,
+    flow_journal_errors: IntCounterVec,
     store: StoreMetrics,
     // --- forward (issue 5) ---
     forward: ForwardMetrics,
@@ -161,6 +165,37 @@ impl Metrics {
                 "raven_decode_exporter_restarts_total",
                 "Exporter sequence numbers that restarted (not counted as loss)",
                 &["stream"],
+            ),
+            flow_pending: counter(
+                &r,
+                "raven_decode_flow_pending_total",
+                "NetFlow v9/IPFIX data sets that arrived before their template: held, \
+                 released (decoded when the template came) or dropped (expired or over the bound)",
+                &["outcome"],
+            ),
+            flow_pending_now: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "raven_decode_flow_pending_data_sets",
+                        "NetFlow v9/IPFIX data sets held now, waiting for their template",
+                    ),
+                    &[],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            flow_templates_restored: counter(
+                &r,
+                "raven_decode_flow_templates_restored_total",
+                "Templates read back from the template journal (after a restart)",
+                &[],
+            ),
+            flow_journal_errors: counter(
+                &r,
+                "raven_decode_template_journal_errors_total",
+                "Template journal reads or writes that failed (decoding goes on in memory)",
+                &[],
             ),
             store: StoreMetrics::new(&r),
             forward: ForwardMetrics::new(&r),
@@ -672,6 +707,29 @@ fn total(counter: &IntCounterVec) -> u64 {
         .flat_map(|family| family.get_metric())
         .map(|m| m.get_counter().get_value() as u64)
         .sum()
+}
+
+/// The flow decoder's template cache, sampled (growth since the last sample).
+pub struct FlowTemplatesSampled(pub crate::decode::flow::TemplateCacheTotals);
+
+impl InternalEvent for FlowTemplatesSampled {
+    fn emit(self) {
+        let (m, t) = (metrics(), self.0);
+        m.flow_pending.with_label_values(&["held"]).inc_by(t.pending_cached);
+        m.flow_pending.with_label_values(&["released"]).inc_by(t.pending_replayed);
+        if t.pending_dropped > 0 {
+            tracing::warn!(
+                stream = "netflow",
+                data_sets = t.pending_dropped,
+                reason = "template_missing",
+                "data held for a template that never came was dropped (its raw datagrams are stored)"
+            );
+        }
+        m.flow_pending.with_label_values(&["dropped"]).inc_by(t.pending_dropped);
+        m.flow_pending_now.with_label_values(&[] as &[&str]).set(t.pending_now as i64);
+        m.flow_templates_restored.with_label_values(&[] as &[&str]).inc_by(t.restored);
+        m.flow_journal_errors.with_label_values(&[] as &[&str]).inc_by(t.journal_errors);
+    }
 }
 
 /// Block writes and syncs that failed so far (every attempt, all streams).

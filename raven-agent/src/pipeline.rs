@@ -214,7 +214,7 @@ impl Running {
                 ("api.listen", new.api.listen != current.api.listen),
                 ("service.user", new.service.user != current.service.user),
                 ("store.data_dir", new.store.data_dir != current.store.data_dir),
-                ("decode.syslog_timezone", new.decode != current.decode),
+                ("decode", new.decode != current.decode),
                 ("windows", new.windows != current.windows),
                 ("vpn", new.vpn != current.vpn),
             ]
@@ -247,7 +247,7 @@ impl Running {
                     .expect("sinks were built above"),
             );
         }
-        if let Ok(json) = serde_json::to_string(&new)
+        if let Ok(json) = serde_json::to_string(&new.redacted())
             && let Err(e) = self.store.record_config(&json)
         {
             tracing::warn!(error = %e, "cannot record the configuration in the history");
@@ -283,14 +283,31 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     let tokens = Arc::new(RwLock::new(tokens));
     let store = Store::open(&config.store)
         .with_context(|| format!("store.data_dir = {:?}", config.store.data_dir))?;
-    if let Ok(json) = serde_json::to_string(&config) {
+    if let Ok(json) = serde_json::to_string(&config.redacted()) {
         store.record_config(&json)?;
     }
 
     let (config_tx, config_rx) = watch::channel(config.clone());
     let (status_tx, status_rx) = watch::channel(None);
     let (history_tx, history_rx) = watch::channel(RateHistory::default());
-    let decoder = Arc::new(Decoder::new(&config.decode));
+    // Raven's SNMP engine: boots persisted before anything is answered.
+    let snmp_engine =
+        crate::decode::usm::LocalEngine::load(store.data_dir(), &config.decode.snmp_engine_id)
+            .context("decode: Raven's SNMP engine state (snmp-engine in store.data_dir)")?;
+    tracing::info!(
+        engine_id = %crate::decode::usm::hex(snmp_engine.id()),
+        boots = snmp_engine.boots(),
+        users = config.decode.snmp_users.len(),
+        "SNMP engine (the engine ID informs go to)"
+    );
+    let journal =
+        crate::decode::templates::TemplateJournal::open(&store.data_dir().join("raven.db"))
+            .context("opening the template journal in the store index")?;
+    let decoder = Arc::new(
+        Decoder::new(&config.decode)
+            .with_snmp_engine(snmp_engine)
+            .with_template_journal(Arc::new(journal)),
+    );
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let cancel = CancellationToken::new();
     // Sinks marked `requires_vpn` send only while the VPN is healthy; with
@@ -341,7 +358,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     })?;
     let (tx, rx) = mpsc::channel(256);
     let engine = CaptureEngine::start(&config.capture, tx).await?;
-    let consumer = tokio::spawn(ingest(rx, store.clone(), decoder, engine.replies()));
+    let consumer = tokio::spawn(ingest(rx, store.clone(), decoder.clone(), engine.replies()));
     if !config.service.user.is_empty() {
         let kept = privilege::drop_to_user(&config.service.user, &[store.data_dir()])?;
         tracing::info!(user = %config.service.user, ?kept, "dropped privileges");
@@ -415,8 +432,11 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                         Err(e) => tracing::error!(error = %e, "retention failed"),
                     });
                 } else if ticks.is_multiple_of(10) {
-                    let store = store.clone();
-                    tokio::task::spawn_blocking(move || store.sample_metrics());
+                    let (store, decoder) = (store.clone(), decoder.clone());
+                    tokio::task::spawn_blocking(move || {
+                        store.sample_metrics();
+                        decoder.sample_metrics();
+                    });
                 }
                 running.engine.sample_metrics();
                 running.publish_status(&status_tx);

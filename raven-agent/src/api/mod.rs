@@ -12,6 +12,9 @@
 //!   stall capture.
 //! - A configuration posted here is validated in full first; a bad one is
 //!   refused with every key and reason and the running one stays.
+//! - Secrets in the configuration (SNMP USM passphrases) are never shown:
+//!   `GET /api/buffer/config` has `(redacted)` in their place, and a posted
+//!   `(redacted)` keeps the running value.
 
 pub mod auth;
 mod buffer;

@@ -187,7 +187,9 @@ async fn prometheus_metrics() -> impl IntoResponse {
     responses((status = 200, body = Object), (status = 401, body = Object))
 )]
 async fn get_config(State(state): State<ApiState>) -> Json<Config> {
-    Json(state.config.borrow().clone())
+    // Secrets (SNMP USM passphrases) are shown as "(redacted)"; posting
+    // that back keeps the running value.
+    Json(state.config.borrow().redacted())
 }
 
 fn problems(error: ConfigError) -> Vec<Problem> {
@@ -216,9 +218,10 @@ async fn post_config(State(state): State<ApiState>, body: Bytes) -> Result<Json<
         problems,
     };
     let mut json = serde_json::Deserializer::from_slice(&body);
-    let config: Config = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         refuse(vec![Problem { key: e.path().to_string(), reason: e.inner().to_string() }])
     })?;
+    config.keep_secrets_from(&state.config.borrow());
     config.validate().map_err(|e| refuse(problems(e)))?;
 
     let (reply, answer) = oneshot::channel();
@@ -255,6 +258,11 @@ fn persist(path: &std::path::Path, config: &Config) -> std::io::Result<()> {
     let text = toml::to_string_pretty(config).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("toml.tmp");
     let mut file = std::fs::File::create(&tmp)?;
+    // The file may hold secrets (SNMP USM passphrases): the new one gets
+    // the old one's permissions, not the umask's.
+    if let Ok(meta) = std::fs::metadata(path) {
+        file.set_permissions(meta.permissions())?;
+    }
     file.write_all(b"# Written by Raven's API (POST /api/buffer/config).\n")?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;

@@ -3,7 +3,10 @@
 //! payload files (with `--stream`), and prints one JSON object per
 //! datagram in the schema of `docs/records.md` (`seq` is the datagram's
 //! position in the input). One decoder serves the whole run, so templates
-//! learned early apply to later datagrams, as at a collector.
+//! learned early apply to later datagrams, as at a collector. With
+//! `--config`, SNMPv3 messages of the configured USM users are
+//! authenticated and decrypted as in the appliance (replies are made but
+//! never sent).
 
 use std::{collections::BTreeMap, io::Write, net::SocketAddr, path::PathBuf, time::SystemTime};
 
@@ -27,9 +30,15 @@ pub struct DecodeArgs {
     /// (repeatable; defaults 514, 2055, 4739, 6343, 162).
     #[arg(long = "port", value_parser = parse_port)]
     pub ports: Vec<(Stream, u16)>,
-    /// Zone of zoneless syslog timestamps (as decode.syslog_timezone).
-    #[arg(long, default_value = "UTC")]
-    pub syslog_timezone: String,
+    /// Zone of zoneless syslog timestamps (as decode.syslog_timezone;
+    /// default UTC, or the configuration's).
+    #[arg(long)]
+    pub syslog_timezone: Option<String>,
+    /// Take `[decode]` from this Raven configuration: SNMPv3 USM users
+    /// (their messages authenticated and decrypted), the engine ID, the
+    /// syslog zone.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }
@@ -77,13 +86,17 @@ pub fn capture_records(
 }
 
 pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
-    if super::syslog::parse_offset(&args.syslog_timezone).is_none() {
-        bail!(
-            "--syslog-timezone {:?}: expected UTC or an offset like +01:00",
-            args.syslog_timezone
-        );
+    let mut config = match &args.config {
+        Some(path) => crate::config::Config::load(path)?.decode,
+        None => DecodeConfig::default(),
+    };
+    if let Some(zone) = &args.syslog_timezone {
+        if super::syslog::parse_offset(zone).is_none() {
+            bail!("--syslog-timezone {zone:?}: expected UTC or an offset like +01:00");
+        }
+        config.syslog_timezone = zone.clone();
     }
-    let decoder = Decoder::new(&DecodeConfig { syslog_timezone: args.syslog_timezone.clone() });
+    let decoder = Decoder::new(&config);
     let ports = port_map(&args.ports);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut seq = 0u64;

@@ -19,7 +19,8 @@
 //! - Data that arrives before its template is held by the parser (bounded:
 //!   [`PENDING_TEMPLATES`] template ids per source, [`PENDING_PER_TEMPLATE`]
 //!   data sets each, [`PENDING_TTL`]) and decoded when the template comes:
-//!   its flows are reported with the datagram that carried the template.
+//!   its flows are reported as `released_flows` of the datagram that
+//!   carried the template.
 //!   The datagram that was held is stored at once, raw, with
 //!   `undecoded_data_set`; what expires or overflows is counted
 //!   (`raven_decode_flow_pending_total{outcome="dropped"}`).
@@ -30,8 +31,7 @@ use std::{
 };
 
 use netflow_parser::{
-    AutoScopedParser, CacheMetrics, NetflowPacket, NetflowParser, PendingFlowsConfig,
-    TemplateStore,
+    AutoScopedParser, CacheMetrics, NetflowPacket, NetflowParser, PendingFlowsConfig, TemplateStore,
 };
 use serde_json::{Map, Value, json};
 
@@ -218,7 +218,7 @@ impl FlowDecoder {
                 format!("{undecoded} data set(s) not decoded with their template"),
             ));
         }
-        let flows: Vec<Value> = common
+        let mut flows: Vec<Value> = common
             .as_ref()
             .map(|c| {
                 c.flowsets
@@ -263,7 +263,33 @@ impl FlowDecoder {
             _ => None,
         };
         if matches!(version, 9 | 10) {
-            let (defined, data) = template_ids(raw.get(variant_name(packet)));
+            let (defined, decoded_sets) = template_ids(raw.get(variant_name(packet)));
+            // Data set ids from the datagram itself: the parser takes the
+            // sets it holds for a missing template out of its output (and
+            // adds the ones a template released).
+            let data = raw_data_set_ids(version, payload);
+            let held = data
+                .iter()
+                .filter(|id| !decoded_sets.contains(id) && !defined.contains(id))
+                .count();
+            if held > 0 {
+                fields.insert("pending".into(), json!(held));
+                parse_error.get_or_insert_with(|| {
+                    ParseError::new(
+                        "no_template",
+                        format!("{held} data set(s) held until their template arrives"),
+                    )
+                });
+            }
+            // Released data sets come last in the parser's output: their
+            // records belong to earlier datagrams, reported apart.
+            let own_sets = data.len() - held;
+            let released: usize =
+                data_set_records(raw.get(variant_name(packet))).into_iter().skip(own_sets).sum();
+            if released > 0 && released <= flows.len() {
+                let earlier = flows.split_off(flows.len() - released);
+                fields.insert("released_flows".into(), Value::Array(earlier));
+            }
             fields.insert("template_ids".into(), json!(defined));
             fields.insert("data_set_ids".into(), json!(data));
         }
@@ -276,6 +302,50 @@ impl FlowDecoder {
         }
         (Decoded { fields, parse_error, reply: None }, sequence)
     }
+}
+
+/// Records in each data set (id 256 and up) of the parser's output, in
+/// order (options data included, as the common view lists them).
+fn data_set_records(packet: Option<&Value>) -> Vec<usize> {
+    let sets = packet.and_then(|p| p.get("flowsets")).and_then(Value::as_array);
+    sets.into_iter()
+        .flatten()
+        .filter(|set| {
+            let id =
+                set.get("header").and_then(|h| h.get("flowset_id").or_else(|| h.get("header_id")));
+            id.and_then(Value::as_u64).is_some_and(|id| id >= 256)
+        })
+        .map(|set| {
+            ["/body/Data/fields", "/body/OptionsData/fields"]
+                .iter()
+                .find_map(|path| set.pointer(path).and_then(Value::as_array))
+                .map_or(0, Vec::len)
+        })
+        .collect()
+}
+
+/// The set id of each data set (id 256 and up) of a v9 or IPFIX message,
+/// in order; a walk of the set headers that stops at the first one that
+/// does not fit.
+fn raw_data_set_ids(version: u16, payload: &[u8]) -> Vec<u64> {
+    let be16 = |at: usize| payload.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (mut at, end) = match version {
+        9 => (20, payload.len()),
+        _ => (16, be16(2).map_or(0, usize::from).min(payload.len())),
+    };
+    let mut ids = Vec::new();
+    while at + 4 <= end {
+        let (Some(id), Some(len)) = (be16(at), be16(at + 2)) else { break };
+        let len = usize::from(len);
+        if len < 4 || at + len > end {
+            break;
+        }
+        if id >= 256 {
+            ids.push(u64::from(id));
+        }
+        at += len;
+    }
+    ids
 }
 
 /// The template ids a v9/IPFIX message defines (templates and options
@@ -376,40 +446,98 @@ mod tests {
         assert_eq!(decoder.decode(other, &v5(1, 9000)).1, Sequence::default());
     }
 
+    /// A NetFlow v9 datagram of source id 7: template 256 (src, dst,
+    /// ports, protocol) when `template`, then one data record of it (13
+    /// bytes, padded to 16) from `port` when `data`.
+    fn v9(template: bool, data: Option<u16>, sequence: u32) -> Vec<u8> {
+        let mut d = Vec::new();
+        let count = u16::from(template) + u16::from(data.is_some());
+        for word in [9u16, count] {
+            d.extend(word.to_be_bytes());
+        }
+        for word in [1000u32, 1_800_000_000, sequence, 7] {
+            d.extend(word.to_be_bytes());
+        }
+        if template {
+            let fields: [(u16, u16); 5] = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1)];
+            d.extend(0u16.to_be_bytes());
+            d.extend((8 + 4 * fields.len() as u16).to_be_bytes());
+            d.extend(256u16.to_be_bytes());
+            d.extend((fields.len() as u16).to_be_bytes());
+            for (kind, len) in fields {
+                d.extend(kind.to_be_bytes());
+                d.extend(len.to_be_bytes());
+            }
+        }
+        if let Some(port) = data {
+            d.extend(256u16.to_be_bytes());
+            d.extend(20u16.to_be_bytes());
+            d.extend([192, 0, 2, 10, 198, 18, 0, 20]);
+            d.extend(53u16.to_be_bytes());
+            d.extend(port.to_be_bytes());
+            d.extend([17, 0, 0, 0]);
+        }
+        d
+    }
+
+    fn ports(d: &Decoded) -> Vec<u64> {
+        d.fields["flows"].as_array().map_or(Vec::new(), |flows| {
+            flows.iter().filter_map(|f| f["dst_port"].as_u64()).collect()
+        })
+    }
+
     #[test]
     fn v9_template_and_data_set_ids() {
-        // Header, then template 256 (src, dst, ports, protocol), then a data
-        // set of template 256 with one record (13 bytes, padded to 16).
-        let mut d = Vec::new();
-        for word in [9u16, 2] {
-            d.extend(word.to_be_bytes());
-        }
-        for word in [1000u32, 1_800_000_000, 41, 7] {
-            d.extend(word.to_be_bytes());
-        }
-        let fields: [(u16, u16); 5] = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1)];
-        d.extend(0u16.to_be_bytes());
-        d.extend((8 + 4 * fields.len() as u16).to_be_bytes());
-        d.extend(256u16.to_be_bytes());
-        d.extend((fields.len() as u16).to_be_bytes());
-        for (kind, len) in fields {
-            d.extend(kind.to_be_bytes());
-            d.extend(len.to_be_bytes());
-        }
-        d.extend(256u16.to_be_bytes());
-        d.extend(20u16.to_be_bytes());
-        d.extend([192, 0, 2, 10, 198, 18, 0, 20]);
-        d.extend(53u16.to_be_bytes());
-        d.extend(5353u16.to_be_bytes());
-        d.extend([17, 0, 0, 0]);
         let mut decoder = FlowDecoder::default();
-        let (d, _) = decoder.decode("192.0.2.1:2055".parse().unwrap(), &d);
+        let (d, _) = decoder.decode("192.0.2.1:2055".parse().unwrap(), &v9(true, Some(5353), 41));
         assert_eq!(d.parse_error, None, "{:?}", d.fields);
         assert_eq!(d.fields["template_ids"], json!([256]));
         assert_eq!(d.fields["data_set_ids"], json!([256]));
         assert_eq!(d.fields["source_id"], 7);
         let flow = &d.fields["flows"][0];
         assert_eq!((&flow["src_addr"], &flow["dst_port"]), (&json!("192.0.2.10"), &json!(5353)));
+    }
+
+    #[test]
+    fn data_before_its_template_is_held_and_released_with_the_template() {
+        let mut decoder = FlowDecoder::default();
+        let router: SocketAddr = "192.0.2.1:2055".parse().unwrap();
+        let (early, _) = decoder.decode(router, &v9(false, Some(1001), 1));
+        assert!(early.parse_error.is_some(), "no template yet: {:?}", early.fields);
+        assert!(ports(&early).is_empty());
+        let (_, grown) = decoder.sample();
+        assert_eq!(grown.pending_cached, 1, "{grown:?}");
+        assert_eq!(grown.pending_now, 1);
+        let (late, _) = decoder.decode(router, &v9(true, None, 2));
+        assert!(ports(&late).is_empty(), "{:?}", late.fields);
+        let released = late.fields["released_flows"].as_array().expect("released_flows");
+        assert_eq!(released[0]["dst_port"], 1001, "released with the template");
+        let (_, grown) = decoder.sample();
+        assert_eq!((grown.pending_replayed, grown.pending_now), (1, 0), "{grown:?}");
+    }
+
+    #[test]
+    fn templates_survive_a_restart_through_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("raven.db");
+        drop(crate::store::index::Index::open(&db).unwrap()); // migrations
+        let journal = || -> std::sync::Arc<dyn TemplateStore> {
+            std::sync::Arc::new(super::super::templates::TemplateJournal::open(&db).unwrap())
+        };
+        let router: SocketAddr = "192.0.2.1:2055".parse().unwrap();
+        let mut before = FlowDecoder::new(Some(journal()));
+        assert_eq!(ports(&before.decode(router, &v9(true, Some(1), 1)).0), [1]);
+        drop(before);
+        // A new process: only the journal remembers template 256.
+        let mut after = FlowDecoder::new(Some(journal()));
+        let (d, _) = after.decode(router, &v9(false, Some(2), 2));
+        assert_eq!(d.parse_error, None, "{:?}", d.fields);
+        assert_eq!(ports(&d), [2]);
+        assert_eq!(after.sample().1.restored, 1);
+        // Another exporter's template 256 is not this one's.
+        let mut other = FlowDecoder::new(Some(journal()));
+        let (d, _) = other.decode("192.0.2.2:2055".parse().unwrap(), &v9(false, Some(3), 1));
+        assert!(ports(&d).is_empty() && d.parse_error.is_some(), "{:?}", d.fields);
     }
 
     proptest::proptest! {

@@ -24,6 +24,7 @@ pub mod sflow;
 pub mod snmp;
 pub mod syslog;
 pub mod templates;
+pub mod usm;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -36,7 +37,8 @@ pub struct Decoded {
     /// Set when the input did not fully parse.
     pub parse_error: Option<ParseError>,
     /// A datagram to send back to the record's source once the record is
-    /// durable (the Response PDU that acknowledges an SNMP inform).
+    /// durable: the Response PDU that acknowledges an SNMP inform, or the
+    /// Report an SNMPv3 request gets (engine discovery, USM errors).
     pub reply: Option<Bytes>,
 }
 
@@ -65,6 +67,8 @@ pub struct Decoder {
     exporters: std::sync::Arc<exporters::ExporterBook>,
     /// sFlow sequence state per agent.
     sflow: std::sync::Mutex<sflow::SflowDecoder>,
+    /// USM users (keys derived once, here) and Raven's SNMP engine.
+    snmp: snmp::SnmpDecoder,
 }
 
 impl Decoder {
@@ -76,7 +80,20 @@ impl Decoder {
             flow: std::sync::Mutex::new(flow::FlowDecoder::default()),
             exporters: Default::default(),
             sflow: std::sync::Mutex::new(sflow::SflowDecoder::default()),
+            snmp: snmp::SnmpDecoder::new(
+                usm::Usm::new(
+                    config.snmp_users.iter().filter_map(usm::User::from_config).collect(),
+                ),
+                usm::LocalEngine::ephemeral(&config.snmp_engine_id),
+            ),
         }
+    }
+
+    /// Answers SNMPv3 informs as this engine (the persisted one of a
+    /// running appliance) instead of an ephemeral one.
+    pub fn with_snmp_engine(mut self, engine: usm::LocalEngine) -> Decoder {
+        self.snmp.set_engine(engine);
+        self
     }
 
     /// Decodes one record; also returns what its sequence number says
@@ -86,7 +103,7 @@ impl Decoder {
         let none = flow::Sequence::default();
         match record.stream {
             Stream::Syslog => (Some(self.syslog.decode(&record.payload, record.captured_at)), none),
-            Stream::Snmp => (Some(snmp::decode(&record.payload)), none),
+            Stream::Snmp => (Some(self.snmp.decode(&record.payload)), none),
             Stream::Windows => (Some(windows_event(&record.payload)), none),
             Stream::Netflow | Stream::Ipfix => {
                 let mut flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,6 +116,21 @@ impl Decoder {
                 (Some(decoded), sequence)
             }
         }
+    }
+
+    /// Keeps NetFlow v9/IPFIX templates in `journal` across restarts.
+    pub fn with_template_journal(
+        mut self,
+        journal: std::sync::Arc<templates::TemplateJournal>,
+    ) -> Decoder {
+        self.flow = std::sync::Mutex::new(flow::FlowDecoder::new(Some(journal)));
+        self
+    }
+
+    /// Publishes the flow decoder's template-cache counters.
+    pub fn sample_metrics(&self) {
+        let (_, grown) = self.flow.lock().unwrap_or_else(|p| p.into_inner()).sample();
+        crate::metrics::emit(crate::metrics::FlowTemplatesSampled(grown));
     }
 
     /// What each exporter sent, as decoded so far.

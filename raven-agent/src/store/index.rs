@@ -155,7 +155,7 @@ impl Index {
             .query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))
             .map_err(db_error)?;
         if version as usize > MIGRATIONS.len() {
-            return Err(StoreError::IndexUnusable(format!(
+            return Err(StoreError::Index(format!(
                 "index schema {version} is newer than this Raven ({})",
                 MIGRATIONS.len()
             )));
