@@ -33,7 +33,7 @@ use std::{
     process::Command,
 };
 
-use common::{AGENT, APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
+use common::{AGENT, APPLIANCE_V4, Agent, Lab, METRICS_LISTEN, shared_capture};
 use serde_json::Value;
 
 /// TCP and UDP conversations (with VLAN tags, PPPoE and 6in4 among them),
@@ -313,4 +313,55 @@ fn softflowd_netflow_v5_v9_and_ipfix_exports_are_stored_and_decode() {
         assert_eq!(lost, reported_gaps.get(stream).copied().unwrap_or(0.0), "{key}");
     }
     assert_eq!(reported_gaps.get("netflow"), None, "softflowd's NetFlow sequences run on");
+}
+
+/// Templates outlive the agent, and data never waits silently: akvorado's
+/// NetFlow v9 captures (one exporter, `data.pcap` needing the templates
+/// of `template.pcap`) are sent from one venue socket. Data before its
+/// template is stored raw and held; the template releases it; after a
+/// SIGKILL and restart the same data decodes at once from the journal.
+#[test]
+fn netflow_templates_are_journaled_across_a_restart_and_early_data_is_held() {
+    let lab = Lab::new();
+    let config = format!(
+        "[capture]\nmode = \"xdp\"\ninterfaces = [\"{}\"]\n\
+         ports = [{{port = 2055, stream = \"netflow\"}}]\n[api]\nlisten = \"{METRICS_LISTEN}\"\n",
+        lab.appliance_if
+    );
+    let mut agent = Agent::run(&lab, &config, &[]);
+    agent.wait_until_attached();
+    let [(_, template)] =
+        &shared_capture("akvorado/outlet/flow/decoder/netflow/testdata/template.pcap")[..]
+    else {
+        panic!("template.pcap holds one datagram")
+    };
+    let [(_, data)] =
+        &shared_capture("akvorado/outlet/flow/decoder/netflow/testdata/data.pcap")[..]
+    else {
+        panic!("data.pcap holds one datagram")
+    };
+    // One socket, so the exporter (address and port) is the same throughout.
+    let sender = lab.sender(false);
+    sender.send_to(data, (APPLIANCE_V4, 2055)).unwrap();
+    agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 1.0);
+    sender.send_to(template, (APPLIANCE_V4, 2055)).unwrap();
+    agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 2.0);
+    let records = stored(&agent, "netflow");
+    assert_eq!(records[0]["pending"], 1, "held for its template: {}", records[0]);
+    assert_eq!(
+        records[0]["parse_error"].as_str().map(|e| e.starts_with("no_template")),
+        Some(true)
+    );
+    let released = records[1]["released_flows"].as_array().expect("released with the template");
+    assert!(!released.is_empty(), "{}", records[1]);
+
+    agent.kill_and_restart();
+    agent.wait_until_attached();
+    sender.send_to(data, (APPLIANCE_V4, 2055)).unwrap();
+    agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 1.0);
+    let records = stored(&agent, "netflow");
+    let after = records.last().unwrap();
+    assert!(after["parse_error"].is_null(), "decoded from the journal: {after}");
+    assert_eq!(after["flows"].as_array().map(Vec::len), Some(released.len()), "{after}");
+    assert_eq!(after["flows"], serde_json::json!(released), "the same flows as released");
 }
