@@ -22,6 +22,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(get_config, post_config))
         .routes(routes!(capture_status))
         .routes(routes!(exporters))
+        .routes(routes!(relay_domains))
         .routes(routes!(status_page))
         .routes(routes!(status_data))
         .routes(routes!(vpn_status))
@@ -284,6 +285,36 @@ async fn capture_status(State(state): State<ApiState>) -> Result<Json<Value>, Ap
     let status = status
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capture is starting"))?;
     Ok(Json(serde_json::to_value(status).expect("status serialises")))
+}
+
+/// The domain ids each UDP relay sink gives its exporters at the
+/// collector (persisted, so they stay the same across restarts).
+#[utoipa::path(
+    get,
+    path = "/api/forward/relays",
+    responses((status = 200, body = Object), (status = 401, body = Object), (status = 503, body = Object))
+)]
+async fn relay_domains(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.relay_states())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let sinks: Vec<Value> = rows
+        .into_iter()
+        .filter_map(|(sink, json)| {
+            let relay: crate::forward::udp_relay::RelayState = serde_json::from_str(&json).ok()?;
+            let domains: Vec<Value> = relay
+                .domains
+                .iter()
+                .map(|(exporter, original, relayed)| {
+                    json!({ "exporter": exporter, "original": original, "relayed": relayed })
+                })
+                .collect();
+            Some(json!({ "sink": sink, "domains": domains }))
+        })
+        .collect();
+    Ok(Json(json!({ "sinks": sinks })))
 }
 
 /// Exporters seen by the XDP program: datagrams, bytes and ring-full per

@@ -29,7 +29,7 @@ use std::{
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{ManagedSink, Outgoing};
+use super::{ManagedSink, Outgoing, udp_relay::RelayState};
 use crate::{metrics, record::Stream};
 
 /// What the forwarder needs from the store.
@@ -43,6 +43,13 @@ pub trait Backlog: Send + Sync + 'static {
     fn durable_seq(&self, stream: Stream) -> Option<u64>;
     /// Changes whenever records become durable.
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// A UDP relay sink's persisted state.
+    fn relay_state(&self, _sink: &str) -> Result<Option<RelayState>, String> {
+        Ok(None)
+    }
+    fn set_relay_state(&self, _sink: &str, _state: &RelayState) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The store as the forwarder sees it: records become [`Outgoing`] with
@@ -76,6 +83,33 @@ impl Backlog for StoreBacklog {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.store.subscribe()
     }
+
+    fn relay_state(&self, sink: &str) -> Result<Option<RelayState>, String> {
+        let Some(json) = self.store.relay_state(sink).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json).map(Some).map_err(|e| format!("relay state of {sink}: {e}"))
+    }
+
+    fn set_relay_state(&self, sink: &str, state: &RelayState) -> Result<(), String> {
+        let json = serde_json::to_string(state).map_err(|e| e.to_string())?;
+        self.store.set_relay_state(sink, &json).map_err(|e| e.to_string())
+    }
+}
+
+/// Persists a relay's changed state before the batch that changed it goes
+/// out, so relayed domain ids and templates survive a restart. A failure
+/// is logged and the batch still goes: forwarding must not stall on it.
+fn persist_relay_state(sink: &mut ManagedSink, backlog: &dyn Backlog, batch: &[Outgoing]) {
+    let name = sink.name().to_string();
+    let Some(relay) = sink.relay_mut() else { return };
+    relay.prepare(batch);
+    if let Some(state) = relay.take_state()
+        && let Err(e) = tokio::task::block_in_place(|| backlog.set_relay_state(&name, &state))
+    {
+        tracing::error!(sink = %name, error = %e, reason = "relay_state",
+            "cannot persist the relay's domain ids and templates; they may change after a restart");
+    }
 }
 
 /// Handles to a running sink task.
@@ -104,6 +138,18 @@ pub async fn run(
     let mut durable = backlog.subscribe();
     let name = sink.name().to_string();
     let streams: Vec<Stream> = sink.streams().to_vec();
+    if let Some(relay) = sink.relay_mut() {
+        match backlog.relay_state(&name) {
+            Ok(Some(state)) => {
+                tracing::info!(sink = %name, exporters = state.domains.len(),
+                    "restored the relay's domain ids and templates");
+                relay.restore(state);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(sink = %name, error = %e, reason = "relay_state",
+                "cannot read the relay's persisted state; domain ids start afresh"),
+        }
+    }
     loop {
         if cancel.is_cancelled() {
             return;
@@ -151,6 +197,7 @@ pub async fn run(
             if batch.is_empty() {
                 continue;
             }
+            persist_relay_state(&mut sink, &*backlog, &batch);
             let acknowledged = tokio::select! {
                 _ = cancel.cancelled() => return,
                 result = sink.send(&batch) => match result {

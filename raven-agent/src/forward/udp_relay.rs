@@ -23,6 +23,13 @@
 //!   exporter domain after the sink was created, reset (reconnect, replay)
 //!   or primed, and (b) whenever `template_resend_interval_s` has passed
 //!   since they were last sent. An IPFIX withdrawal removes the template.
+//! - The mapping and the template records survive restarts: the forwarder
+//!   [`prepare`](UdpRelaySink::prepare)s each batch (allocating ids and
+//!   learning templates without sending), persists the
+//!   [`RelayState`] in the store's index when it changed, and only then
+//!   sends. After a restart the state is restored and every template is
+//!   due again, so the first data after a restart (replayed or live) is
+//!   preceded by its templates even when the collector restarted too.
 //! - Acknowledged: the kernel accepted the datagram (UDP has no receipt).
 
 use std::{
@@ -40,7 +47,9 @@ use crate::config::SinkConfig;
 /// for a VPN's overhead).
 const TEMPLATE_DATAGRAM_MAX: usize = 1200;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Flavor {
     NetflowV5,
     NetflowV9,
@@ -80,7 +89,9 @@ impl Flavor {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 enum Kind {
     Template,
     Options,
@@ -204,7 +215,18 @@ fn template_records(
     }
 }
 
+/// What a relay must remember across restarts (JSON in the index).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RelayState {
+    /// (exporter, original domain, relayed domain)
+    pub domains: Vec<(IpAddr, u32, u32)>,
+    /// (exporter, flavor, original domain, kind, template id, record bytes)
+    templates: Vec<(IpAddr, Flavor, u32, Kind, u16, Vec<u8>)>,
+}
+
 pub struct UdpRelaySink {
+    /// The mapping or the templates changed since the last [`Self::take_state`].
+    changed: bool,
     endpoint: String,
     rewrite: bool,
     resend_interval: Duration,
@@ -218,6 +240,7 @@ pub struct UdpRelaySink {
 impl UdpRelaySink {
     pub fn from_config(config: &SinkConfig) -> UdpRelaySink {
         UdpRelaySink {
+            changed: false,
             endpoint: config.endpoint.clone(),
             rewrite: config.rewrite_domains,
             resend_interval: Duration::from_secs(config.template_resend_interval_s),
@@ -237,6 +260,45 @@ impl UdpRelaySink {
     /// Restores a persisted mapping (ids already handed out stay valid).
     pub fn set_mapping(&mut self, mapping: BTreeMap<(IpAddr, u32), u32>) {
         self.mapping = mapping;
+    }
+
+    /// Allocates relayed ids and learns the templates of `batch` without
+    /// sending anything (so the state can be persisted first).
+    pub fn prepare(&mut self, batch: &[Outgoing]) {
+        for record in batch {
+            let Some(parsed) = parse(&record.payload) else { continue };
+            if self.rewrite && parsed.flavor != Flavor::Sflow {
+                self.relayed_domain(record.src.ip(), parsed.domain);
+            }
+            self.remember(record.src.ip(), &parsed);
+        }
+    }
+
+    /// The state to persist, when it changed since the last call.
+    pub fn take_state(&mut self) -> Option<RelayState> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        let domains = self.mapping.iter().map(|(&(ip, from), &to)| (ip, from, to)).collect();
+        let mut templates = Vec::new();
+        for (&(ip, flavor, domain), cache) in &self.templates {
+            for (&(kind, id), record) in &cache.records {
+                templates.push((ip, flavor, domain, kind, id, record.clone()));
+            }
+        }
+        templates.sort();
+        Some(RelayState { domains, templates })
+    }
+
+    /// Restores a persisted state; every template is due before the next
+    /// data of its exporter domain.
+    pub fn restore(&mut self, state: RelayState) {
+        self.mapping = state.domains.into_iter().map(|(ip, from, to)| ((ip, from), to)).collect();
+        for (ip, flavor, domain, kind, id, record) in state.templates {
+            let cache = self.templates.entry((ip, flavor, domain)).or_default();
+            cache.records.insert((kind, id), record);
+            cache.resend_needed = true;
+        }
     }
 
     /// Datagrams relayed without rewriting because they did not parse.
@@ -271,21 +333,34 @@ impl UdpRelaySink {
     fn remember(&mut self, exporter: IpAddr, parsed: &Parsed) -> &mut Templates {
         let cache = self.templates.entry((exporter, parsed.flavor, parsed.domain)).or_default();
         for (key, record) in &parsed.learned {
+            let before = cache.records.len();
             match record {
+                // Exporters re-announce templates all the time: only a new
+                // or different one is a change worth persisting.
                 Some(bytes) => {
-                    cache.records.insert(*key, bytes.clone());
+                    if cache.records.get(key) != Some(bytes) {
+                        cache.records.insert(*key, bytes.clone());
+                        self.changed = true;
+                    }
                 }
                 None if key.1 == 2 || key.1 == 3 => cache.records.retain(|k, _| k.0 != key.0),
                 None => {
                     cache.records.remove(key);
                 }
             }
+            if cache.records.len() < before {
+                self.changed = true;
+            }
         }
         cache
     }
 
     fn relayed_domain(&mut self, exporter: IpAddr, domain: u32) -> u32 {
+        if let Some(&relayed) = self.mapping.get(&(exporter, domain)) {
+            return relayed;
+        }
         let next = self.mapping.values().max().map_or(1, |m| m.saturating_add(1));
+        self.changed = true;
         *self.mapping.entry((exporter, domain)).or_insert(next)
     }
 
@@ -490,6 +565,34 @@ mod tests {
         // Everything but the source id is untouched.
         assert_eq!(a[0][..16], data(0)[..16]);
         assert_eq!(a[0][20..], data(0)[20..]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_survives_a_restart_and_templates_lead_the_first_data() {
+        let mut before = sink();
+        let (a, b) = ("198.18.0.2:1000", "198.18.0.3:1000");
+        let batch = [
+            outgoing(b, v9(9, &[(260, vec![0; 8])]), 1),
+            outgoing(a, v9(42, &[(0, template_260()), (260, vec![0; 8])]), 2),
+        ];
+        before.prepare(&batch);
+        let state = before.take_state().expect("new ids and a template: changed");
+        assert_eq!(state.domains.len(), 2);
+        assert!(before.take_state().is_none(), "nothing new since");
+        // The same template announced again is no change.
+        before.prepare(&[outgoing(a, v9(42, &[(0, template_260())]), 3)]);
+        assert!(before.take_state().is_none());
+        let json = serde_json::to_string(&state).unwrap();
+
+        let mut after = sink();
+        after.restore(serde_json::from_str(&json).unwrap());
+        let data = outgoing(a, v9(42, &[(260, vec![0; 8])]), 4);
+        let out = after.datagrams_for(&data, Instant::now());
+        assert_eq!(out.len(), 2, "the template first, then the data");
+        let exporter: IpAddr = "198.18.0.2".parse().unwrap();
+        assert_eq!(be32(&out[0], 16), before.mapping().get(&(exporter, 42)).copied());
+        assert_eq!(be32(&out[1], 16), be32(&out[0], 16), "the same relayed id as before");
+        assert_eq!(after.mapping(), before.mapping());
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,6 +57,10 @@ pub enum SegmentsCommand {
     Verify,
     /// Records, bytes and compression ratio per stream.
     Stats,
+    /// The domain ids each UDP relay sink gives its exporters at the
+    /// collector: sink, exporter, original and relayed source id /
+    /// observation domain (NetFlow v5: engine type and id as one number).
+    Relays,
 }
 
 #[derive(Args)]
@@ -170,6 +174,21 @@ pub fn segments(args: SegmentsArgs) -> anyhow::Result<()> {
             for stored in store.read_range(stream, from, to, exporter)? {
                 serde_json::to_writer(&mut out, &to_json(&stored))?;
                 out.write_all(b"\n")?;
+            }
+        }
+        SegmentsCommand::Relays => {
+            let store = open(&args.data_dir)?;
+            writeln!(
+                out,
+                "{:<16} {:<40} {:>12} {:>12}",
+                "sink", "exporter", "original", "relayed"
+            )?;
+            for (sink, json) in store.relay_states()? {
+                let state: crate::forward::udp_relay::RelayState = serde_json::from_str(&json)
+                    .with_context(|| format!("the relay state of sink {sink}"))?;
+                for (exporter, original, relayed) in state.domains {
+                    writeln!(out, "{sink:<16} {exporter:<40} {original:>12} {relayed:>12}")?;
+                }
             }
         }
         SegmentsCommand::Verify => {

@@ -67,6 +67,12 @@ const MIGRATIONS: &[&str] = &[
         updated INTEGER NOT NULL,         -- unix seconds
         PRIMARY KEY (scope, kind, template_id)
      );",
+    // 3: what a UDP relay sink remembers (forward::udp_relay::RelayState).
+    "CREATE TABLE relay_state (
+        sink TEXT PRIMARY KEY,
+        state TEXT NOT NULL,              -- JSON
+        updated INTEGER NOT NULL
+     );",
 ];
 
 /// What the store holds of one exporter (summed over its segments).
@@ -420,6 +426,34 @@ impl Index {
             )
             .optional()
             .map(|v| v.map(|v| v as u64))
+            .map_err(db_error)
+    }
+
+    pub fn relay_state(&self, sink: &str) -> Result<Option<String>, StoreError> {
+        self.db
+            .query_row("SELECT state FROM relay_state WHERE sink = ?1", [sink], |r| r.get(0))
+            .optional()
+            .map_err(db_error)
+    }
+
+    /// Every relay sink's state: (sink, JSON).
+    pub fn relay_states(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare_cached("SELECT sink, state FROM relay_state ORDER BY sink")
+            .map_err(db_error)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(db_error)?;
+        rows.collect::<Result<_, _>>().map_err(db_error)
+    }
+
+    pub fn set_relay_state(&self, sink: &str, state: &str, now: u64) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO relay_state (sink, state, updated) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sink) DO UPDATE SET state = excluded.state, updated = excluded.updated",
+                params![sink, state, now as i64],
+            )
+            .map(drop)
             .map_err(db_error)
     }
 

@@ -834,6 +834,20 @@ impl Store {
         self.state().index.set_cursor(sink, stream, seq, nanos(SystemTime::now()))
     }
 
+    /// A UDP relay sink's persisted state (JSON), if any.
+    pub fn relay_state(&self, sink: &str) -> Result<Option<String>, StoreError> {
+        self.state().index.relay_state(sink)
+    }
+
+    /// Every relay sink's persisted state: (sink, JSON).
+    pub fn relay_states(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.state().index.relay_states()
+    }
+
+    pub fn set_relay_state(&self, sink: &str, json: &str) -> Result<(), StoreError> {
+        self.state().index.set_relay_state(sink, json, nanos(SystemTime::now()))
+    }
+
     pub fn record_config(&self, json: &str) -> Result<(), StoreError> {
         self.state().index.record_config(json, nanos(SystemTime::now()))
     }
