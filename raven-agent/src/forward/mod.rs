@@ -250,7 +250,7 @@ impl Sink {
         }
     }
 
-    /// The UDP relay itself, to restore its mapping (`set_mapping`) or prime
+    /// The UDP relay itself, to restore its state (`restore`) or prime
     /// its templates (`learn`) after a restart.
     pub fn relay_mut(&mut self) -> Option<&mut udp_relay::UdpRelaySink> {
         match self {
@@ -349,7 +349,7 @@ impl ManagedSink {
         self.health.skip_backoff(Instant::now());
     }
 
-    /// The UDP relay (None for other protocols): `set_mapping`, `learn`.
+    /// The UDP relay (None for other protocols): `prepare`, `restore`, `learn`.
     pub fn relay_mut(&mut self) -> Option<&mut udp_relay::UdpRelaySink> {
         self.sink.relay_mut()
     }

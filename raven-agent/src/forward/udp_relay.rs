@@ -13,9 +13,8 @@
 //!   versions, datagrams too short to have the field) goes unchanged and is
 //!   counted as `unparsed`.
 //! - The mapping (`BTreeMap<(exporter, original domain), relayed domain>`)
-//!   only grows; relayed ids are allocated from 1 upwards. It is exposed
-//!   ([`UdpRelaySink::mapping`]) and can be restored
-//!   ([`UdpRelaySink::set_mapping`]) so the ids stay stable across restarts.
+//!   only grows; relayed ids are allocated from 1 upwards
+//!   ([`UdpRelaySink::mapping`]).
 //! - Templates and options templates (v9 and IPFIX) seen in passing
 //!   datagrams, or fed with [`UdpRelaySink::learn`], are remembered per
 //!   (exporter, version, original domain). They are re-sent, in their own
