@@ -9,8 +9,11 @@
 //!   in the message stays valid; the lengths in front of it are still parsed
 //!   (short and long form) to find the tag. With it off, the inform goes
 //!   unchanged and the receiver's Response is ignored.
-//! - SNMPv3 messages go unchanged (their PDU may be encrypted, so Raven
-//!   cannot tell notification from other PDUs).
+//! - SNMPv3 messages go unchanged. Which PDU one carries comes from its
+//!   decoded fields: a plaintext scoped PDU, or one Raven decrypted with a
+//!   configured USM user. Engine-discovery probes, Reports and other
+//!   non-notifications are skipped like v1/v2c ones; a PDU Raven could not
+//!   decrypt is sent (it may be a trap the receiver can read).
 //! - Anything else on the snmp stream (Get, Response, Report... in v1/v2c)
 //!   is not a notification: skipped as acknowledged and counted
 //!   (`not_a_notification`); a message whose BER does not parse is skipped
@@ -30,6 +33,16 @@ use crate::{
 pub enum Skip {
     NotANotification,
     Unparsed,
+}
+
+/// The `pdu_type`s of `docs/records.md` that are notifications.
+const NOTIFICATIONS: [&str; 3] = ["trap_v1", "trap_v2", "inform_request"];
+
+/// The PDU type the decoder read, when it could (v3: plaintext or
+/// decrypted); None when the PDU stayed encrypted or nothing was decoded.
+fn known_pdu(decoded: Option<&[u8]>) -> Option<String> {
+    let fields: serde_json::Value = serde_json::from_slice(decoded?).ok()?;
+    fields.get("pdu_type")?.as_str().map(str::to_string)
 }
 
 /// The datagram to send for one stored message, or why none is sent.
@@ -86,8 +99,18 @@ impl SnmpSink {
     }
 
     pub async fn send(&mut self, batch: &[Outgoing]) -> Result<Delivered, SinkFailure> {
-        let datagrams: Vec<Result<Vec<u8>, Skip>> =
-            batch.iter().map(|r| outgoing_datagram(&r.payload, self.informs_as_traps)).collect();
+        let datagrams: Vec<Result<Vec<u8>, Skip>> = batch
+            .iter()
+            .map(|r| {
+                let datagram = outgoing_datagram(&r.payload, self.informs_as_traps)?;
+                match known_pdu(r.decoded.as_deref()) {
+                    Some(pdu) if !NOTIFICATIONS.contains(&pdu.as_str()) => {
+                        Err(Skip::NotANotification)
+                    }
+                    _ => Ok(datagram),
+                }
+            })
+            .collect();
         let socket = self.socket().await.map_err(SinkFailure::none_acknowledged)?;
         let mut delivered = Delivered::default();
         let mut skipped = (0, 0);
@@ -162,6 +185,18 @@ mod tests {
             assert_eq!(diff, [pdu_at], "only the PDU tag changes");
             assert_eq!(outgoing_datagram(&inform, false).unwrap(), inform);
         }
+    }
+
+    #[test]
+    fn decoded_v3_pdus_tell_notifications_from_discovery() {
+        assert_eq!(
+            known_pdu(Some(br#"{"version":3,"pdu_type":"get_request"}"#)).as_deref(),
+            Some("get_request")
+        );
+        assert_eq!(known_pdu(Some(br#"{"version":3,"encrypted":true}"#)), None);
+        assert_eq!(known_pdu(None), None);
+        assert!(NOTIFICATIONS.contains(&"inform_request"));
+        assert!(!NOTIFICATIONS.contains(&"report"));
     }
 
     #[test]
