@@ -6,21 +6,8 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{AGENT, APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
+use common::{APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
 use serde_json::Value;
-
-fn stored(agent: &Agent) -> Vec<Value> {
-    let out = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(agent.dir.path().join("data"))
-        .arg("cat")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
 
 #[test]
 fn syslog_and_snmp_are_decoded_stored_and_informs_answered_after_durability() {
@@ -117,7 +104,7 @@ fn syslog_and_snmp_are_decoded_stored_and_informs_answered_after_durability() {
         "{m:?}"
     );
 
-    let records = stored(&agent);
+    let records = common::segments_cat(&agent.dir.path().join("data"), None);
     let syslog = records.iter().find(|r| r["stream"] == "syslog").expect("the logger line");
     assert_eq!(syslog["app_name"], "venue-app", "{syslog}");
     assert_eq!(syslog["facility"], "local4");

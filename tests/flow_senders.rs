@@ -33,7 +33,7 @@ use std::{
     process::Command,
 };
 
-use common::{AGENT, APPLIANCE_V4, Agent, Lab, METRICS_LISTEN, shared_capture};
+use common::{APPLIANCE_V4, Agent, Lab, METRICS_LISTEN, shared_capture};
 use serde_json::Value;
 
 /// TCP and UDP conversations (with VLAN tags, PPPoE and 6in4 among them),
@@ -105,17 +105,6 @@ fn softflowd_stats(stdout: &str) -> (u64, u64, u64, u64) {
     (e[1], e[2], e[3], i.get(1).copied().unwrap_or(0))
 }
 
-fn stored(agent: &Agent, stream: &str) -> Vec<Value> {
-    let out = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(agent.dir.path().join("data"))
-        .args(["cat", "--stream", stream])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn softflowd_netflow_v5_v9_and_ipfix_exports_are_stored_and_decode() {
     let lab = Lab::new();
@@ -181,7 +170,7 @@ fn softflowd_netflow_v5_v9_and_ipfix_exports_are_stored_and_decode() {
     let mut reported_gaps: BTreeMap<&str, f64> = BTreeMap::new();
     for stream in ["netflow", "ipfix"] {
         let mut groups: Vec<Vec<Value>> = Vec::new();
-        for record in stored(&agent, stream) {
+        for record in common::segments_cat(&agent.dir.path().join("data"), Some(stream)) {
             match groups.last_mut() {
                 Some(g) if g[0]["src"] == record["src"] => g.push(record),
                 _ => groups.push(vec![record]),
@@ -346,7 +335,7 @@ fn netflow_templates_are_journaled_across_a_restart_and_early_data_is_held() {
     agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 1.0);
     sender.send_to(template, (APPLIANCE_V4, 2055)).unwrap();
     agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 2.0);
-    let records = stored(&agent, "netflow");
+    let records = common::segments_cat(&agent.dir.path().join("data"), Some("netflow"));
     assert_eq!(records[0]["pending"], 1, "held for its template: {}", records[0]);
     assert_eq!(
         records[0]["parse_error"].as_str().map(|e| e.starts_with("no_template")),
@@ -359,7 +348,7 @@ fn netflow_templates_are_journaled_across_a_restart_and_early_data_is_held() {
     agent.wait_until_attached();
     sender.send_to(data, (APPLIANCE_V4, 2055)).unwrap();
     agent.wait_for_metric("raven_store_appended_records_total{stream=\"netflow\"}", 1.0);
-    let records = stored(&agent, "netflow");
+    let records = common::segments_cat(&agent.dir.path().join("data"), Some("netflow"));
     let after = records.last().unwrap();
     assert!(after["parse_error"].is_null(), "decoded from the journal: {after}");
     assert_eq!(after["flows"].as_array().map(Vec::len), Some(released.len()), "{after}");

@@ -11,9 +11,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::{AGENT, APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
+use common::{APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
 use serde_json::Value;
 
 const TOKEN: &str = "snmp-v3-test-token";
@@ -94,17 +94,6 @@ fn trap(
         "00FF7F80",
     ]);
     net_snmp(lab, state, "snmptrap", &args)
-}
-
-fn stored(agent: &Agent) -> Vec<Value> {
-    let out = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(agent.dir.path().join("data"))
-        .args(["cat", "--stream", "snmp"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn by_trap<'a>(records: &'a [Value], user: &str, trap_oid: &str) -> &'a Value {
@@ -255,7 +244,7 @@ fn net_snmp_v3_traps_and_informs_are_authenticated_decrypted_and_answered() {
 
     // 9 traps, v3 inform (+ its discovery), v2c inform, refused inform (+ discovery).
     agent.wait_for_metric("raven_store_appended_records_total{stream=\"snmp\"}", 14.0);
-    let records = stored(&agent);
+    let records = common::segments_cat(&agent.dir.path().join("data"), Some("snmp"));
 
     let plain = by_trap(&records, "anyone", "1.3.6.1.6.3.1.1.5.1");
     assert_eq!(plain["security_level"], "noAuthNoPriv");

@@ -18,17 +18,7 @@ use common::AGENT;
 
 /// Seqs the store holds, from `segments cat`.
 fn stored_seqs(dir: &std::path::Path) -> Vec<u64> {
-    let out = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(dir)
-        .args(["cat", "--stream", "syslog"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
-        .collect()
+    common::segments_cat(dir, Some("syslog")).iter().map(|r| r["seq"].as_u64().unwrap()).collect()
 }
 
 #[test]
@@ -88,13 +78,7 @@ fn acknowledged_records_survive_random_sigkills() {
         acknowledged = seqs.len() as u64;
         println!("round {round}: last acknowledged {last_acked:?}, stored {}", seqs.len());
     }
-    let verify = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(dir.path())
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    common::assert_store_verifies(dir.path());
     assert!(acknowledged > 0, "the writer never got a batch in");
 }
 
@@ -127,13 +111,7 @@ fn a_full_disk_evicts_the_oldest_and_writing_goes_on() {
     assert_eq!(seqs.last(), Some(&399_999), "the newest records are kept");
     assert!(seqs.len() < 400_000, "the disk was too small for all: the oldest went");
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "what is left is contiguous");
-    let verify = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(&mount.0)
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    common::assert_store_verifies(&mount.0);
     println!("kept {} of 400000 records on a 2 MiB filesystem", seqs.len());
 }
 
@@ -195,11 +173,5 @@ fn acknowledged_records_survive_injected_io_faults() {
     assert_eq!(stored.len(), kept.len(), "{summary}");
     let first_difference = stored.iter().zip(kept).position(|(s, k)| s != k);
     assert_eq!(first_difference, None, "stored differs from acknowledged");
-    let verify = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(dir.path())
-        .arg("verify")
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    common::assert_store_verifies(dir.path());
 }

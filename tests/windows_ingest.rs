@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::{io::Write, process::Command};
+use std::io::Write;
 
-use common::{AGENT, Agent, Lab, METRICS_LISTEN};
+use common::{Agent, Lab, METRICS_LISTEN};
 use serde_json::Value;
 
 const TOKEN: &str = "windows-ingest-token";
@@ -25,17 +25,6 @@ fn post(lab: &Lab, body_file: &std::path::Path, headers: &[&str]) -> (u16, Strin
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn stored_events(agent: &Agent) -> Vec<Value> {
-    let out = Command::new(AGENT)
-        .args(["segments", "--data-dir"])
-        .arg(agent.dir.path().join("data"))
-        .args(["cat", "--stream", "windows"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 #[test]
@@ -101,7 +90,7 @@ fn events_are_acknowledged_only_once_durable_and_bad_requests_are_refused() {
         assert_eq!(got, want, "{what}");
     }
 
-    let events = stored_events(&agent);
+    let events = common::segments_cat(&agent.dir.path().join("data"), Some("windows"));
     let ids: Vec<i64> = events.iter().map(|e| e["event"]["EventID"].as_i64().unwrap()).collect();
     assert_eq!(ids, [4624, 4625, 7036, 1102, 4740], "exactly the acknowledged events, in order");
     assert_eq!(events[0]["event"]["Computer"], "dc1.venue");

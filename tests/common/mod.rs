@@ -382,6 +382,32 @@ pub fn shared_expected() -> Vec<Value> {
 
 /// The UDP payloads of a pcap or pcapng file in `../shared/data`, with their
 /// destination ports, in file order.
+/// `raven-agent segments --data-dir DIR cat [--stream S]`: the stored
+/// records as JSON objects, oldest first.
+#[allow(dead_code)] // not every test binary reads the store back
+pub fn segments_cat(data_dir: &Path, stream: Option<&str>) -> Vec<Value> {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(["segments", "--data-dir"]).arg(data_dir).arg("cat");
+    if let Some(stream) = stream {
+        cmd.args(["--stream", stream]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `raven-agent segments --data-dir DIR verify` passes.
+#[allow(dead_code)]
+pub fn assert_store_verifies(data_dir: &Path) {
+    let verify = Command::new(AGENT)
+        .args(["segments", "--data-dir"])
+        .arg(data_dir)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
 pub fn shared_capture(relative: &str) -> Vec<(u16, Vec<u8>)> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(relative);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
