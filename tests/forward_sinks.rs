@@ -22,7 +22,10 @@ use std::{
 use bytes::Bytes;
 use common::{
     Netns,
-    noc::{APPLIANCE, Link, NOC, Process, rsyslog_with, wait_until},
+    noc::{
+        APPLIANCE, Link, NOC, Process, nfcapd, nfdump_exporters, nfdump_flows, rsyslog_with,
+        snmptrapd, wait_until,
+    },
     sh,
 };
 use raven_agent::{
@@ -434,44 +437,6 @@ fn syslog_tls_with_client_certificate_reaches_rsyslog() {
 
 // ------------------------------------------------------------- UDP relay
 
-fn nfcapd(noc: &Netns, dir: &Path, port: u16) -> Process {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut cmd = noc.command("nfcapd");
-    cmd.arg("-w").arg(dir).args(["-b", NOC, "-p", &port.to_string(), "-t", "3600"]);
-    let process = Process::spawn(cmd, "nfcapd", &dir.with_extension("log"));
-    // nfcapd binds at once; give it a moment to set up before datagrams come.
-    wait_until("nfcapd to bind", Duration::from_secs(10), || {
-        let out = noc.run("ss", &["-ulnH"]);
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{NOC}:{port}"))
-    });
-    process
-}
-
-/// Flows nfcapd wrote, counted by nfdump, after it was stopped.
-fn nfdump_flows(dir: &Path) -> usize {
-    let out = sh(Command::new("nfdump").arg("-R").arg(dir).args(["-q", "-o", "csv"]));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && l.contains(',') && !l.starts_with("ts,"))
-        .count()
-}
-
-/// The exporters nfcapd recorded (`nfdump -E`), as their printed lines.
-fn nfdump_exporters(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.file_name().unwrap().to_string_lossy().starts_with("nfcapd.") {
-            continue;
-        }
-        let out = sh(Command::new("nfdump").arg("-E").arg(&path));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        eprintln!("nfdump -E {}:\n{text}", path.display());
-        lines.extend(text.lines().filter(|l| l.starts_with("SysID:")).map(String::from));
-    }
-    lines
-}
-
 /// Whether a NetFlow v9 / IPFIX datagram carries a (options) template set.
 fn carries_templates(d: &[u8]) -> bool {
     let (mut at, ids) = match d.get(..2) {
@@ -704,20 +669,7 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
         .collect();
 
     let log = dir.path().join("traps.log");
-    let conf = dir.path().join("snmptrapd.conf");
-    std::fs::write(&conf, "disableAuthorization yes\n").unwrap();
-    let mut cmd = link.noc.command("snmptrapd");
-    cmd.args(["-f", "-C", "-On", "-c"])
-        .arg(&conf)
-        .arg("-Lf")
-        .arg(&log)
-        .arg("-p")
-        .arg(dir.path().join("pid"));
-    cmd.arg(format!("udp:{NOC}:1162"));
-    let receiver = Process::spawn(cmd, "snmptrapd", &dir.path().join("snmptrapd.out"));
-    wait_until("snmptrapd to start", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log).unwrap_or_default().contains("NET-SNMP version")
-    });
+    let receiver = snmptrapd(&link.noc, dir.path(), 1162);
 
     let config = SinkConfig::new("noc-traps", SinkProtocol::Snmp, &format!("{NOC}:1162"));
     let run = block_on_in(&link.appliance, async {

@@ -646,6 +646,22 @@ impl<'a> Agent<'a> {
         panic!("{name} never reached {want}: {:#?}\n{}", self.metrics(), self.stderr());
     }
 
+    /// `raven-agent segments cat --stream STREAM` of this agent's store
+    /// (read while it runs): every durable record, in sequence order.
+    pub fn stored(&self, stream: &str) -> Vec<Value> {
+        let out = Command::new(AGENT)
+            .args(["segments", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["cat", "--stream", stream])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     pub fn wait_until_attached(&self) {
         let name = format!(
             "raven_xdp_attached{{interface=\"{}\",mode=\"driver\"}}",
