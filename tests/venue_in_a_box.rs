@@ -272,7 +272,7 @@ fn send_flows(lab: &Lab, venue: &Venue, work: &Path) {
     let mut round = 0usize;
     while venue.go(1) {
         let capture = CAPTURES[round % 2];
-        let (version, port, counter) = if (round / 2) % 2 == 0 {
+        let (version, port, counter) = if (round / 2).is_multiple_of(2) {
             ("9", 2055, &venue.netflow)
         } else {
             ("10", 4739, &venue.ipfix)
