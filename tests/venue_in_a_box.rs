@@ -53,8 +53,8 @@ use std::{
 use common::{
     APPLIANCE_V4, Agent, Lab, METRICS_LISTEN, VENUE_V4,
     noc::{
-        NOC, connect_noc, http_receiver, nfcapd, nfdump_exporters, nfdump_lines, nft,
-        rsyslog_with, snmptrapd, wait_until,
+        NOC, connect_noc, http_receiver, nfcapd, nfdump_exporters, nfdump_lines, nft, rsyslog_with,
+        snmptrapd, wait_until,
     },
 };
 use serde_json::Value;
@@ -76,10 +76,8 @@ const SINKS: [(&str, &[&str]); 4] = [
 ];
 const STREAMS: [&str; 4] = ["syslog", "netflow", "ipfix", "snmp"];
 /// Ordinary traffic for softflowd to turn into flows (as in flow_senders.rs).
-const CAPTURES: [&str; 2] = [
-    "zeek/testing/btest/Traces/snmp/leak_test.pcapng",
-    "nDPI/tests/cfgs/default/pcap/syslog.pcap",
-];
+const CAPTURES: [&str; 2] =
+    ["zeek/testing/btest/Traces/snmp/leak_test.pcapng", "nDPI/tests/cfgs/default/pcap/syslog.pcap"];
 const TRAP_OID: &str = "1.3.6.1.4.1.8072.2.3.0.1";
 /// NET-SNMP-EXAMPLES-MIB::netSnmpExampleHeartbeatName: carries `venue-trap-N`.
 const SEQ_OID: &str = "1.3.6.1.4.1.8072.2.3.2.1";
@@ -274,7 +272,7 @@ fn send_flows(lab: &Lab, venue: &Venue, work: &Path) {
     let mut round = 0usize;
     while venue.go(1) {
         let capture = CAPTURES[round % 2];
-        let (version, port, counter) = if (round / 2) % 2 == 0 {
+        let (version, port, counter) = if (round / 2).is_multiple_of(2) {
             ("9", 2055, &venue.netflow)
         } else {
             ("10", 4739, &venue.ipfix)
@@ -310,7 +308,10 @@ fn send_traps(lab: &Lab, venue: &Venue) {
     let mut n = 0u64;
     while venue.go(2) {
         let label = format!("venue-trap-{n}");
-        lab.venue.run("snmptrap", &["-v", "2c", "-c", "public", &to, "", TRAP_OID, SEQ_OID, "s", &label]);
+        lab.venue.run(
+            "snmptrap",
+            &["-v", "2c", "-c", "public", &to, "", TRAP_OID, SEQ_OID, "s", &label],
+        );
         n += 1;
         venue.traps.store(n, Ordering::SeqCst);
         thread::sleep(Duration::from_millis(20));
@@ -726,7 +727,8 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
     }
     let delivered: Vec<u64> = http.iter().map(|(r, _)| *r).collect();
     report.push(("syslog → http", check_once("http", &raven_seqs, &delivered, 2 * BATCH)));
-    report.push(("snmp → snmptrapd", check_once("traps", &traps, &traps_logged(&traps_log), BATCH)));
+    report
+        .push(("snmp → snmptrapd", check_once("traps", &traps, &traps_logged(&traps_log), BATCH)));
     let delivered = delivered_flows(&flows_dir);
     for (stream, version) in [("netflow", 9), ("ipfix", 10)] {
         let per_datagram = captured_flows(&captured[stream]);

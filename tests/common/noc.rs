@@ -188,10 +188,8 @@ pub fn nfcapd(noc: &Netns, dir: &Path, port: u16) -> Process {
 /// The flow records nfcapd wrote to `dir`, one line each in file (receive)
 /// order, printed with `nfdump -o fmt:FORMAT` (after nfcapd stopped).
 pub fn nfdump_lines(dir: &Path, format: &str) -> Vec<String> {
-    let out = sh(Command::new("nfdump")
-        .arg("-R")
-        .arg(dir)
-        .args(["-q", "-o", &format!("fmt:{format}")]));
+    let out =
+        sh(Command::new("nfdump").arg("-R").arg(dir).args(["-q", "-o", &format!("fmt:{format}")]));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))

@@ -8,6 +8,7 @@
 //!   build script; this tool installs the toolchain pieces it needs.
 
 mod bench;
+mod bench_forward;
 mod install;
 mod setup;
 
@@ -90,6 +91,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 200_000)]
         records: u64,
     },
+    /// Forwarding to a NOC rsyslogd: capture→NOC latency, and the drain
+    /// rate after an outage, Raven vs an rsyslogd relay (needs root).
+    Forward {
+        /// How long the appliance↔NOC link stays cut.
+        #[arg(long, default_value_t = 600)]
+        outage_secs: u64,
+        /// Live syslog lines per second from the venue.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Length of the latency phase (link up).
+        #[arg(long, default_value_t = 20)]
+        latency_secs: u64,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -150,6 +164,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench { which: BenchCmd::Capture { count, rate } } => bench::capture(count, rate),
         Cmd::Bench { which: BenchCmd::Store { records } } => bench::store(records),
+        Cmd::Bench { which: BenchCmd::Forward { outage_secs, rate, latency_secs } } => {
+            bench_forward::forward(outage_secs, rate, latency_secs)
+        }
         Cmd::BenchSend { target, count, size, rate } => bench::send(&target, count, size, rate),
         Cmd::Test { args } => {
             setup::build_tools()?;
