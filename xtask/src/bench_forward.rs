@@ -615,7 +615,12 @@ fn measure(
     })
 }
 
-pub fn forward(outage_secs: u64, rate: u64, latency_secs: u64) -> anyhow::Result<()> {
+pub fn forward(
+    outage_secs: u64,
+    rate: u64,
+    latency_secs: u64,
+    raven_only: bool,
+) -> anyhow::Result<()> {
     if rate == 0 {
         bail!("--rate must be above 0");
     }
@@ -625,8 +630,13 @@ pub fn forward(outage_secs: u64, rate: u64, latency_secs: u64) -> anyhow::Result
     fs::create_dir_all(&dir)?;
     let lab = Lab::new()?;
     let mut rows = Vec::new();
-    for peer in [Peer::Raven(None), Peer::Raven(Some(10)), Peer::RsyslogRelay] {
-        rows.push(measure(&peer, &lab, &dir, &agent, rate, outage_secs, latency_secs)?);
+    let peers = if raven_only {
+        vec![Peer::Raven(None)]
+    } else {
+        vec![Peer::Raven(None), Peer::Raven(Some(10)), Peer::RsyslogRelay]
+    };
+    for peer in &peers {
+        rows.push(measure(peer, &lab, &dir, &agent, rate, outage_secs, latency_secs)?);
     }
     drop(lab);
     let _ = fs::remove_dir_all(&dir);

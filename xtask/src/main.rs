@@ -103,6 +103,10 @@ enum BenchCmd {
         /// Length of the latency phase (link up).
         #[arg(long, default_value_t = 20)]
         latency_secs: u64,
+        /// Only Raven with its defaults (skip the 10 ms confirm row and the
+        /// rsyslogd peer): a long outage in a third of the time.
+        #[arg(long)]
+        raven_only: bool,
     },
 }
 
@@ -164,8 +168,8 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Bench { which: BenchCmd::Capture { count, rate } } => bench::capture(count, rate),
         Cmd::Bench { which: BenchCmd::Store { records } } => bench::store(records),
-        Cmd::Bench { which: BenchCmd::Forward { outage_secs, rate, latency_secs } } => {
-            bench_forward::forward(outage_secs, rate, latency_secs)
+        Cmd::Bench { which: BenchCmd::Forward { outage_secs, rate, latency_secs, raven_only } } => {
+            bench_forward::forward(outage_secs, rate, latency_secs, raven_only)
         }
         Cmd::BenchSend { target, count, size, rate } => bench::send(&target, count, size, rate),
         Cmd::Test { args } => {
