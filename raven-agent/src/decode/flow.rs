@@ -560,5 +560,23 @@ mod tests {
             ipfix.extend(&bytes);
             let _ = decoder.decode(exporter, &ipfix);
         }
+
+        /// A real capture's datagrams in order (templates first, as the
+        /// exporter sent them) with one of them mutated, through one decoder.
+        #[test]
+        fn mutated_shared_flows_never_panic(m in crate::decode::samples::testing::mutation()) {
+            use crate::{decode::samples::testing, record::Stream};
+            let mut flows = testing::of(Stream::Netflow);
+            flows.extend(testing::of(Stream::Ipfix));
+            let target = flows[m.pick % flows.len()];
+            let mut decoder = FlowDecoder::default();
+            for sample in testing::shared().iter().filter(|s| s.file == target.file) {
+                if std::ptr::eq(sample, target) {
+                    let _ = decoder.decode(sample.src, &m.apply(&sample.payload));
+                } else {
+                    let _ = decoder.decode(sample.src, &sample.payload);
+                }
+            }
+        }
     }
 }

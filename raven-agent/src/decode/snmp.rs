@@ -782,6 +782,20 @@ mod tests {
             m.truncate(cut.max(1).min(m.len()));
             let _ = decode(&m);
         }
+
+        /// Every SNMP payload of the shared captures (v1, v2c, v3, the
+        /// fuzz regressions), mutated; an inform's reply stays a reply.
+        #[test]
+        fn mutated_shared_payloads_never_panic(m in crate::decode::samples::testing::mutation()) {
+            let samples = crate::decode::samples::testing::of(crate::record::Stream::Snmp);
+            let payload = m.apply(&samples[m.pick % samples.len()].payload);
+            let d = decode(&payload);
+            let _ = classify(&payload);
+            if let Some(reply) = d.reply {
+                proptest::prop_assert_eq!(reply.len(), payload.len());
+                proptest::prop_assert_eq!(decode(&reply).reply, None);
+            }
+        }
     }
 
     /// The shared Net-SNMP capture (see its README.md): frame N is
