@@ -1,25 +1,30 @@
 //! Seed corpora for the fuzz targets (`raven-agent/fuzz`), made from the
 //! shared real captures; run by `cargo xtask fuzz`, never committed.
 //!
-//! Invariants: seeds are named by a hash of their bytes, so running this
-//! again adds nothing twice and leaves what libFuzzer added alone; a missing
+//! Invariants: seeds are named `seed-<hash of their bytes>`, so a second run
+//! writes nothing twice; seeds a run no longer makes are removed, and what
+//! libFuzzer added (named by SHA-1) is left alone. A missing
 //! `../shared/data` is an error.
 //!
+//! Seeds stay small (a few datagrams each) so a target runs thousands of
+//! inputs a second rather than re-reading a whole capture per input.
 //! Per target (`OUT/<target>/`):
 //! - `syslog`, `snmp`: every payload of that stream (captures, raw payload
 //!   files, rsyslog's test vectors).
-//! - `flow`: per capture, its NetFlow/IPFIX datagrams in order, framed
-//!   (`decode::samples`); per directory, all of its flow captures in one
-//!   input, template captures first, so data meets its templates.
-//! - `decoder`: per capture, every datagram with its stream, framed; each
-//!   raw payload alone.
+//! - `flow`: for each NetFlow/IPFIX data datagram (at most
+//!   `PER_CAPTURE` per capture), the datagrams carrying templates for it —
+//!   from its own capture and from the matching `…template(s)…` capture of
+//!   the same directory — then the datagram itself, framed
+//!   (`decode::samples`), so data meets its templates.
+//! - `decoder`: the `flow` seeds, and every other datagram alone, framed
+//!   with its stream.
 //! - `capture_file`: the capture files themselves.
 //! - `windows`: a few Windows events as the HTTP endpoint receives them.
 //!
 //! Usage: `fuzz_seeds OUT_DIR [DATA_DIR]` (default data: `../shared/data`).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -31,16 +36,20 @@ use raven_agent::{
     record::Stream,
 };
 
+/// Data datagrams of one capture made into seeds (spread over the file).
+const PER_CAPTURE: usize = 40;
+
 struct Corpus {
     dir: PathBuf,
     written: usize,
+    made: HashSet<PathBuf>,
 }
 
 impl Corpus {
     fn new(out: &Path, target: &str) -> anyhow::Result<Corpus> {
         let dir = out.join(target);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Corpus { dir, written: 0 })
+        Ok(Corpus { dir, written: 0, made: HashSet::new() })
     }
 
     fn add(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
@@ -50,9 +59,61 @@ impl Corpus {
         if !path.exists() {
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         }
-        self.written += 1;
+        if self.made.insert(path) {
+            self.written += 1;
+        }
         Ok(())
     }
+
+    /// Removes the seeds of earlier runs that this run did not make.
+    fn prune(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let ours = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-"));
+            if ours && !self.made.contains(&path) {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A NetFlow v9 / IPFIX datagram with a template or options-template set
+/// (v9 flowset id 0 or 1, IPFIX set id 2 or 3: every id below 256).
+fn carries_templates(payload: &[u8]) -> bool {
+    let u16_at = |at: usize| payload.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut at = match u16_at(0) {
+        Some(9) => 20,
+        Some(10) => 16,
+        _ => return false,
+    };
+    while let (Some(id), Some(len)) = (u16_at(at), u16_at(at + 2)) {
+        if id < 256 {
+            return true;
+        }
+        if len < 4 {
+            break;
+        }
+        at += usize::from(len);
+    }
+    false
+}
+
+/// The capture in the same directory that holds `file`'s templates:
+/// `x-data.pcap` → `x-template.pcap` or `x-templates.pcap`.
+fn template_captures(file: &str) -> [String; 2] {
+    let (dir, name) = file.rsplit_once('/').unwrap_or(("", file));
+    let swap = |with: &str| match name.rfind("data") {
+        Some(i) => format!("{dir}/{}{with}{}", &name[..i], &name[i + 4..]),
+        None => String::new(),
+    };
+    [swap("template"), swap("templates")]
+}
+
+/// Up to `n` items spread evenly over `items`.
+fn spread<T: Copy>(items: &[T], n: usize) -> Vec<T> {
+    let step = items.len().div_ceil(n).max(1);
+    items.iter().copied().step_by(step).collect()
 }
 
 /// The samples framed in order, each exporter address its own nibble.
@@ -99,28 +160,38 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let mut flow = Corpus::new(&out, "flow")?;
-    let mut by_dir: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // Flow seeds: a data datagram after the datagrams with its templates.
+    let mut flow_seeds = Vec::new();
     for (file, samples) in &by_file {
-        if samples.iter().any(|s| is_flow(s)) {
-            flow.add(&framed(samples.iter().copied().filter(|s| is_flow(s))))?;
-            by_dir.entry(file.rsplit_once('/').map_or("", |(d, _)| d)).or_default().push(file);
+        let flows: Vec<&Sample> = samples.iter().copied().filter(|s| is_flow(s)).collect();
+        let mut templates: Vec<&Sample> = template_captures(file)
+            .iter()
+            .filter_map(|f| by_file.get(f.as_str()))
+            .flatten()
+            .copied()
+            .filter(|s| is_flow(s) && carries_templates(&s.payload))
+            .collect();
+        templates.extend(flows.iter().copied().filter(|s| carries_templates(&s.payload)));
+        templates.truncate(8);
+        let data: Vec<&Sample> =
+            flows.iter().copied().filter(|s| !carries_templates(&s.payload)).collect();
+        if data.is_empty() && !templates.is_empty() {
+            flow_seeds.push(framed(templates.iter().copied()));
+        }
+        for d in spread(&data, PER_CAPTURE) {
+            flow_seeds.push(framed(templates.iter().copied().chain([d])));
         }
     }
-    for files in by_dir.values_mut() {
-        files.sort_by_key(|f| (!f.contains("template"), *f));
-        let joined = files.iter().flat_map(|f| &by_file[f]).copied().filter(|s| is_flow(s));
-        flow.add(&framed(joined))?;
-    }
-
+    let mut flow = Corpus::new(&out, "flow")?;
     let mut decoder = Corpus::new(&out, "decoder")?;
+    for seed in &flow_seeds {
+        flow.add(seed)?;
+        decoder.add(seed)?;
+    }
     for samples in by_file.values() {
-        if samples.len() == 1 || samples[0].src.port() == 0 {
-            for s in samples {
-                decoder.add(&framed([*s]))?;
-            }
-        } else {
-            decoder.add(&framed(samples.iter().copied()))?;
+        let others: Vec<&Sample> = samples.iter().copied().filter(|s| !is_flow(s)).collect();
+        for s in spread(&others, PER_CAPTURE) {
+            decoder.add(&framed([s]))?;
         }
     }
 
@@ -136,6 +207,7 @@ fn main() -> anyhow::Result<()> {
     windows.add(format!("[{}]", WINDOWS_EVENTS.join(",")).as_bytes())?;
 
     for c in [&syslog, &snmp, &flow, &decoder, &captures, &windows] {
+        c.prune()?;
         println!("{} seeds in {}", c.written, c.dir.display());
     }
     Ok(())
