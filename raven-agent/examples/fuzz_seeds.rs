@@ -9,8 +9,8 @@
 //! Seeds stay small (a few datagrams each) so a target runs thousands of
 //! inputs a second rather than re-reading a whole capture per input.
 //! Per target (`OUT/<target>/`):
-//! - `syslog`, `snmp`: every payload of that stream (captures, raw payload
-//!   files, rsyslog's test vectors).
+//! - `syslog`, `snmp`, `sflow`: every payload of that stream (captures, raw
+//!   payload files, rsyslog's test vectors).
 //! - `flow`: for each NetFlow/IPFIX data datagram (at most
 //!   `PER_CAPTURE` per capture), the datagrams carrying templates for it —
 //!   from its own capture and from the matching `…template(s)…` capture of
@@ -152,10 +152,12 @@ fn main() -> anyhow::Result<()> {
 
     let mut syslog = Corpus::new(&out, "syslog")?;
     let mut snmp = Corpus::new(&out, "snmp")?;
+    let mut sflow = Corpus::new(&out, "sflow")?;
     for s in &all {
         match s.stream {
             Stream::Syslog => syslog.add(&s.payload)?,
             Stream::Snmp => snmp.add(&s.payload)?,
+            Stream::Sflow => sflow.add(&s.payload)?,
             _ => {}
         }
     }
@@ -206,7 +208,7 @@ fn main() -> anyhow::Result<()> {
     }
     windows.add(format!("[{}]", WINDOWS_EVENTS.join(",")).as_bytes())?;
 
-    for c in [&syslog, &snmp, &flow, &decoder, &captures, &windows] {
+    for c in [&syslog, &snmp, &sflow, &flow, &decoder, &captures, &windows] {
         c.prune()?;
         println!("{} seeds in {}", c.written, c.dir.display());
     }

@@ -33,9 +33,10 @@ use crate::{run, workspace_root};
 /// datagrams in that (seeds are templates plus one data datagram); a longer
 /// capture-file seed is read up to it. Longer inputs would only slow every
 /// run down without reaching new code.
-pub const TARGETS: [(&str, usize); 6] = [
+pub const TARGETS: [(&str, usize); 7] = [
     ("syslog", 65_535),
     ("snmp", 65_535),
+    ("sflow", 65_535),
     ("windows", 65_535),
     ("flow", 65_535),
     ("decoder", 65_535),

@@ -61,7 +61,7 @@ enum Cmd {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// Only this target (syslog, snmp, windows, flow, decoder, capture_file).
+        /// Only this target (syslog, snmp, sflow, windows, flow, decoder, capture_file).
         #[arg(long)]
         target: Option<String>,
         /// libFuzzer's -rss_limit_mb: the whole process, ASan included.

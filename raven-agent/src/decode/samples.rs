@@ -325,7 +325,8 @@ mod tests {
 
     #[test]
     fn the_shared_data_has_payloads_of_every_decoded_wire_stream() {
-        for stream in [Stream::Syslog, Stream::Netflow, Stream::Ipfix, Stream::Snmp] {
+        for stream in [Stream::Syslog, Stream::Netflow, Stream::Ipfix, Stream::Sflow, Stream::Snmp]
+        {
             assert!(of(stream).len() >= 5, "{stream}: {}", of(stream).len());
         }
         // The text vectors and raw payload files are read too.

