@@ -191,7 +191,7 @@ impl FlowDecoder {
                 sequence,
             );
         };
-        let raw = serde_json::to_value(packet).unwrap_or(Value::Null);
+        let raw = skeleton(packet);
         let header = &raw.get(variant_name(packet)).and_then(|v| v.get("header")).cloned();
         let header_u32 = |key: &str| {
             header.as_ref().and_then(|h| h.get(key)).and_then(Value::as_u64).map(|v| v as u32)
@@ -379,6 +379,63 @@ fn template_ids(packet: Option<&Value>) -> (Vec<u64>, Vec<u64>) {
     (defined, data)
 }
 
+/// What this module reads of the parser's output, as the JSON
+/// `serde_json::to_value(packet)` would give, without the values of the
+/// data records: a data set's `fields` holds one `null` per record, and
+/// v5/v7 keep only their header. Serializing every field of every record
+/// (to read a header and count records) was two thirds of the decode time
+/// (`cargo xtask bench decode`, docs/benchmarks.md); the flows themselves
+/// come from `as_netflow_common`.
+fn skeleton(packet: &NetflowPacket) -> Value {
+    use netflow_parser::variable_versions::{ipfix, v9};
+    fn value<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap_or(Value::Null)
+    }
+    let records = |kind: &str, n: usize| json!({ kind: { "fields": vec![Value::Null; n] } });
+    let set = |header: Value, body: Value| json!({ "header": header, "body": body });
+    match packet {
+        NetflowPacket::V5(p) => json!({ "V5": { "header": value(&p.header) } }),
+        NetflowPacket::V7(p) => json!({ "V7": { "header": value(&p.header) } }),
+        NetflowPacket::V9(p) => {
+            let sets: Vec<Value> = p
+                .flowsets
+                .iter()
+                .map(|s| {
+                    let body = match &s.body {
+                        v9::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                        v9::FlowSetBody::OptionsData(d) => records("OptionsData", d.fields.len()),
+                        other => value(other),
+                    };
+                    set(value(&s.header), body)
+                })
+                .collect();
+            json!({ "V9": { "header": value(&p.header), "flowsets": sets } })
+        }
+        NetflowPacket::IPFix(p) => {
+            let sets: Vec<Value> = p
+                .flowsets
+                .iter()
+                .map(|s| {
+                    let body = match &s.body {
+                        ipfix::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                        ipfix::FlowSetBody::OptionsData(d) => {
+                            records("OptionsData", d.fields.len())
+                        }
+                        ipfix::FlowSetBody::V9Data(d) => records("V9Data", d.fields.len()),
+                        ipfix::FlowSetBody::V9OptionsData(d) => {
+                            records("V9OptionsData", d.fields.len())
+                        }
+                        other => value(other),
+                    };
+                    set(value(&s.header), body)
+                })
+                .collect();
+            json!({ "IPFix": { "header": value(&p.header), "flowsets": sets } })
+        }
+        other => value(other),
+    }
+}
+
 fn variant_name(packet: &NetflowPacket) -> &'static str {
     match packet {
         NetflowPacket::V5(_) => "V5",
@@ -538,6 +595,52 @@ mod tests {
         let mut other = FlowDecoder::new(Some(journal()));
         let (d, _) = other.decode("192.0.2.2:2055".parse().unwrap(), &v9(false, Some(3), 1));
         assert!(ports(&d).is_empty() && d.parse_error.is_some(), "{:?}", d.fields);
+    }
+
+    /// `skeleton` is the parser's full serialization with the data
+    /// records' values left out, on every shared NetFlow/IPFIX datagram
+    /// (templates learned in capture order, so data sets are decoded).
+    #[test]
+    fn the_skeleton_is_the_full_serialization_less_the_record_values() {
+        use crate::{decode::samples::testing, record::Stream};
+        fn blank_records(full: &mut Value) {
+            let Some(sets) = full.get_mut("flowsets").and_then(Value::as_array_mut) else {
+                return;
+            };
+            for set in sets {
+                let Some(Value::Object(body)) = set.get_mut("body") else { continue };
+                for (kind, data) in body.iter_mut() {
+                    let records = data.get_mut("fields").and_then(Value::as_array_mut);
+                    if kind.ends_with("Data")
+                        && let Some(records) = records
+                    {
+                        records.iter_mut().for_each(|r| *r = Value::Null);
+                    }
+                }
+            }
+        }
+        let mut parser = AutoScopedParser::new();
+        let (mut packets, mut data_sets) = (0, 0);
+        let flows = testing::shared()
+            .iter()
+            .filter(|s| matches!(s.stream, Stream::Netflow | Stream::Ipfix));
+        for sample in flows {
+            for packet in parser.parse_from_source(sample.src, &sample.payload).packets {
+                let mut full = serde_json::to_value(&packet).unwrap();
+                let inner = full.get_mut(variant_name(&packet)).unwrap();
+                if matches!(packet, NetflowPacket::V5(_) | NetflowPacket::V7(_)) {
+                    inner.as_object_mut().unwrap().remove("flowsets");
+                }
+                blank_records(inner);
+                assert_eq!(skeleton(&packet), full, "{}", sample.file);
+                packets += 1;
+                data_sets += data_set_records(skeleton(&packet).get(variant_name(&packet)))
+                    .into_iter()
+                    .filter(|&n| n > 0)
+                    .count();
+            }
+        }
+        assert!(packets > 500 && data_sets > 500, "{packets} packets, {data_sets} data sets");
     }
 
     proptest::proptest! {
