@@ -380,57 +380,98 @@ fn template_ids(packet: Option<&Value>) -> (Vec<u64>, Vec<u64>) {
 }
 
 /// What this module reads of the parser's output, as the JSON
-/// `serde_json::to_value(packet)` would give, without the values of the
-/// data records: a data set's `fields` holds one `null` per record, and
-/// v5/v7 keep only their header. Serializing every field of every record
-/// (to read a header and count records) was two thirds of the decode time
-/// (`cargo xtask bench decode`, docs/benchmarks.md); the flows themselves
-/// come from `as_netflow_common`.
+/// `serde_json::to_value(packet)` would give, without what it never reads:
+/// a data set's `fields` holds one `null` per record, a template only its
+/// `template_id`, and v5/v7 keep only their header. Serializing every
+/// record and template field (to read a header, count records and list
+/// template ids) was most of the decode time (`cargo xtask bench decode`,
+/// docs/benchmarks.md); the flows themselves come from `as_netflow_common`.
 fn skeleton(packet: &NetflowPacket) -> Value {
     use netflow_parser::variable_versions::{ipfix, v9};
     fn value<T: serde::Serialize>(v: &T) -> Value {
         serde_json::to_value(v).unwrap_or(Value::Null)
     }
-    let records = |kind: &str, n: usize| json!({ kind: { "fields": vec![Value::Null; n] } });
-    let set = |header: Value, body: Value| json!({ "header": header, "body": body });
+    // Built as maps, not with `json!`, which would serialize (deep-copy)
+    // every `Value` put into it.
+    fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+        Value::Object(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+    let records = |kind: &str, n: usize| {
+        object([(kind, object([("fields", Value::Array(vec![Value::Null; n]))]))])
+    };
+    let id = |template_id: u16| object([("template_id", Value::from(template_id))]);
+    let ids = |list: &mut dyn Iterator<Item = u16>| Value::Array(list.map(id).collect());
+    let packet_of = |name: &str, header: Value, sets: Option<Vec<Value>>| {
+        let inner = match sets {
+            Some(sets) => object([("header", header), ("flowsets", Value::Array(sets))]),
+            None => object([("header", header)]),
+        };
+        object([(name, inner)])
+    };
     match packet {
-        NetflowPacket::V5(p) => json!({ "V5": { "header": value(&p.header) } }),
-        NetflowPacket::V7(p) => json!({ "V7": { "header": value(&p.header) } }),
+        NetflowPacket::V5(p) => packet_of("V5", value(&p.header), None),
+        NetflowPacket::V7(p) => packet_of("V7", value(&p.header), None),
         NetflowPacket::V9(p) => {
-            let sets: Vec<Value> = p
-                .flowsets
-                .iter()
-                .map(|s| {
-                    let body = match &s.body {
-                        v9::FlowSetBody::Data(d) => records("Data", d.fields.len()),
-                        v9::FlowSetBody::OptionsData(d) => records("OptionsData", d.fields.len()),
-                        other => value(other),
-                    };
-                    set(value(&s.header), body)
-                })
-                .collect();
-            json!({ "V9": { "header": value(&p.header), "flowsets": sets } })
+            let sets = p.flowsets.iter().map(|s| {
+                let body = match &s.body {
+                    v9::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                    v9::FlowSetBody::OptionsData(d) => records("OptionsData", d.fields.len()),
+                    v9::FlowSetBody::Template(t) => object([(
+                        "Template",
+                        object([(
+                            "templates",
+                            ids(&mut t.templates.iter().map(|t| t.template_id)),
+                        )]),
+                    )]),
+                    v9::FlowSetBody::OptionsTemplate(t) => object([(
+                        "OptionsTemplate",
+                        object([(
+                            "templates",
+                            ids(&mut t.templates.iter().map(|t| t.template_id)),
+                        )]),
+                    )]),
+                    other => value(other),
+                };
+                object([("header", value(&s.header)), ("body", body)])
+            });
+            packet_of("V9", value(&p.header), Some(sets.collect()))
         }
         NetflowPacket::IPFix(p) => {
-            let sets: Vec<Value> = p
-                .flowsets
-                .iter()
-                .map(|s| {
-                    let body = match &s.body {
-                        ipfix::FlowSetBody::Data(d) => records("Data", d.fields.len()),
-                        ipfix::FlowSetBody::OptionsData(d) => {
-                            records("OptionsData", d.fields.len())
-                        }
-                        ipfix::FlowSetBody::V9Data(d) => records("V9Data", d.fields.len()),
-                        ipfix::FlowSetBody::V9OptionsData(d) => {
-                            records("V9OptionsData", d.fields.len())
-                        }
-                        other => value(other),
-                    };
-                    set(value(&s.header), body)
-                })
-                .collect();
-            json!({ "IPFix": { "header": value(&p.header), "flowsets": sets } })
+            let sets = p.flowsets.iter().map(|s| {
+                let body = match &s.body {
+                    ipfix::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                    ipfix::FlowSetBody::OptionsData(d) => records("OptionsData", d.fields.len()),
+                    ipfix::FlowSetBody::V9Data(d) => records("V9Data", d.fields.len()),
+                    ipfix::FlowSetBody::V9OptionsData(d) => {
+                        records("V9OptionsData", d.fields.len())
+                    }
+                    ipfix::FlowSetBody::Template(t) => object([("Template", id(t.template_id))]),
+                    ipfix::FlowSetBody::V9Template(t) => {
+                        object([("V9Template", id(t.template_id))])
+                    }
+                    ipfix::FlowSetBody::OptionsTemplate(t) => {
+                        object([("OptionsTemplate", id(t.template_id))])
+                    }
+                    ipfix::FlowSetBody::V9OptionsTemplate(t) => {
+                        object([("V9OptionsTemplate", id(t.template_id))])
+                    }
+                    ipfix::FlowSetBody::Templates(l) => {
+                        object([("Templates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    ipfix::FlowSetBody::V9Templates(l) => {
+                        object([("V9Templates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    ipfix::FlowSetBody::OptionsTemplates(l) => {
+                        object([("OptionsTemplates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    ipfix::FlowSetBody::V9OptionsTemplates(l) => {
+                        object([("V9OptionsTemplates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    other => value(other),
+                };
+                object([("header", value(&s.header)), ("body", body)])
+            });
+            packet_of("IPFix", value(&p.header), Some(sets.collect()))
         }
         other => value(other),
     }
@@ -598,18 +639,35 @@ mod tests {
     }
 
     /// `skeleton` is the parser's full serialization with the data
-    /// records' values left out, on every shared NetFlow/IPFIX datagram
-    /// (templates learned in capture order, so data sets are decoded).
+    /// records' values and the templates' fields left out, on every shared
+    /// NetFlow/IPFIX datagram (templates learned in capture order, so data
+    /// sets are decoded).
     #[test]
-    fn the_skeleton_is_the_full_serialization_less_the_record_values() {
+    fn the_skeleton_is_the_full_serialization_less_records_and_template_fields() {
         use crate::{decode::samples::testing, record::Stream};
-        fn blank_records(full: &mut Value) {
+        fn only_id(template: &mut Value) {
+            let id = template["template_id"].clone();
+            assert!(id.is_u64(), "{template}");
+            *template = json!({ "template_id": id });
+        }
+        fn blank_records(full: &mut Value, templates: &mut usize) {
             let Some(sets) = full.get_mut("flowsets").and_then(Value::as_array_mut) else {
                 return;
             };
             for set in sets {
                 let Some(Value::Object(body)) = set.get_mut("body") else { continue };
                 for (kind, data) in body.iter_mut() {
+                    if kind.contains("Template") && !kind.starts_with("NoTemplate") {
+                        *templates += 1;
+                        match data {
+                            Value::Array(list) => list.iter_mut().for_each(only_id),
+                            _ if data.get("templates").is_some() => {
+                                let list = data["templates"].as_array_mut().unwrap();
+                                list.iter_mut().for_each(only_id);
+                            }
+                            _ => only_id(data),
+                        }
+                    }
                     let records = data.get_mut("fields").and_then(Value::as_array_mut);
                     if kind.ends_with("Data")
                         && let Some(records) = records
@@ -620,7 +678,7 @@ mod tests {
             }
         }
         let mut parser = AutoScopedParser::new();
-        let (mut packets, mut data_sets) = (0, 0);
+        let (mut packets, mut data_sets, mut templates) = (0, 0, 0);
         let flows = testing::shared()
             .iter()
             .filter(|s| matches!(s.stream, Stream::Netflow | Stream::Ipfix));
@@ -631,7 +689,7 @@ mod tests {
                 if matches!(packet, NetflowPacket::V5(_) | NetflowPacket::V7(_)) {
                     inner.as_object_mut().unwrap().remove("flowsets");
                 }
-                blank_records(inner);
+                blank_records(inner, &mut templates);
                 assert_eq!(skeleton(&packet), full, "{}", sample.file);
                 packets += 1;
                 data_sets += data_set_records(skeleton(&packet).get(variant_name(&packet)))
@@ -640,7 +698,10 @@ mod tests {
                     .count();
             }
         }
-        assert!(packets > 500 && data_sets > 500, "{packets} packets, {data_sets} data sets");
+        assert!(
+            packets > 500 && data_sets > 500 && templates > 50,
+            "{packets} packets, {data_sets} data sets, {templates} template sets"
+        );
     }
 
     proptest::proptest! {
