@@ -9,7 +9,9 @@
 //! - Flow rows decode every shared NetFlow/IPFIX datagram once before
 //!   measuring, so templates are learned first (as at a collector that has
 //!   been running); template datagrams stay in the loop, as exporters resend
-//!   them.
+//!   them. The per-stream rows keep the datagrams whose template never
+//!   arrives in the shared data (the parser holds them, bounded); the goal
+//!   rows (`*_templated`) are the datagrams that decode without an error.
 //! - Every stream in `Stream::ALL` that has shared payloads and a decoder
 //!   gets a row, so a decoder added later is measured without changes here.
 //!
@@ -74,16 +76,22 @@ fn rows(all: &[Sample], decoder: &Decoder) -> Vec<Row> {
             rows.push(Row { id: id.to_string(), stream, records, files, goal });
         }
     };
+    // Every payload of each stream: what a real mixed feed costs, data
+    // whose template never came (held by the parser) included.
     for stream in Stream::ALL {
         let goal = match stream {
             Stream::Syslog => Goal::PerSecond(1e6, "≥ 1 M messages/s/core"),
-            Stream::Ipfix => Goal::MaxNanos(2000.0, "≤ 2 µs/packet"),
             _ => Goal::None,
         };
         add(stream.name(), stream, &|_| true, goal);
     }
+    // The goals' own inputs: v9 and IPFIX datagrams whose templates are
+    // known (they decode without an error after the warm-up), v2c traps.
+    let known = |s: &Sample| decoder.decode(&s.record()).0.is_some_and(|d| d.parse_error.is_none());
     let two_us = Goal::MaxNanos(2000.0, "≤ 2 µs/packet");
-    add("netflow_v9", Stream::Netflow, &|s| flow_version(s) == Some(9), two_us);
+    let v9 = |s: &Sample| flow_version(s) == Some(9) && known(s);
+    add("netflow_v9_templated", Stream::Netflow, &v9, two_us);
+    add("ipfix_templated", Stream::Ipfix, &known, two_us);
     let traps = Goal::PerSecond(5e5, "≥ 500 k traps/s/core");
     add("snmp_v2c_traps", Stream::Snmp, &is_v2c_trap, traps);
     rows
@@ -135,9 +143,13 @@ fn main() -> anyhow::Result<()> {
         let mut summary = Vec::new();
         for row in &rows {
             let (mut errors, mut flows) = (0, 0);
+            let mut reasons = std::collections::BTreeMap::<&str, usize>::new();
             for r in &row.records {
                 if let (Some(d), _) = decoder.decode(r) {
                     errors += usize::from(d.parse_error.is_some());
+                    if let Some(e) = &d.parse_error {
+                        *reasons.entry(e.reason).or_default() += 1;
+                    }
                     flows += d.fields.get("flows").and_then(|f| f.as_array()).map_or(0, Vec::len);
                 }
             }
@@ -150,7 +162,7 @@ fn main() -> anyhow::Result<()> {
             summary.push(json!({
                 "id": row.id, "stream": row.stream.name(), "payloads": row.records.len(),
                 "bytes": row.records.iter().map(|r| r.payload.len()).sum::<usize>(),
-                "errors": errors, "flows": flows, "files": row.files,
+                "errors": errors, "reasons": reasons, "flows": flows, "files": row.files,
                 "goal": goal, "min_per_second": min_per_second, "max_nanos": max_nanos,
                 "peer_packets": peer_packets,
             }));

@@ -772,6 +772,17 @@ pub fn decode() -> anyhow::Result<()> {
             }
             _ => "",
         };
+        // "68 (no_pri 40, unparsed 28)": how many, and why.
+        let reasons: Vec<String> = row["reasons"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let errors = match row["errors"].as_u64().unwrap_or(0) {
+            0 => "0".to_string(),
+            n => format!("{n} ({})", reasons.join(", ")),
+        };
         let peer = tshark_ns_per_packet(
             &out.join(format!("{id}.pcap")),
             stream,
@@ -785,7 +796,7 @@ pub fn decode() -> anyhow::Result<()> {
             "| {id} | {} ({}) | {per_second:.0} | {ns:.0} | {flows_per_second} | {} | {} | {met} | {peer_ns} | {ratio} |",
             row["payloads"],
             row["files"],
-            row["errors"],
+            errors,
             row["goal"].as_str().unwrap_or(""),
         );
     }

@@ -206,8 +206,8 @@ impl FlowDecoder {
             .map_or(0, |sets| {
                 sets.iter()
                     .filter(|set| {
-                        let fields = set.pointer("/body/Data/fields").and_then(Value::as_array);
-                        let length = set.pointer("/header/length").and_then(Value::as_u64);
+                        let fields = at(set, &["body", "Data", "fields"]).and_then(Value::as_array);
+                        let length = at(set, &["header", "length"]).and_then(Value::as_u64);
                         fields.is_some_and(Vec::is_empty) && length.is_some_and(|l| l > 4)
                     })
                     .count()
@@ -316,9 +316,9 @@ fn data_set_records(packet: Option<&Value>) -> Vec<usize> {
             id.and_then(Value::as_u64).is_some_and(|id| id >= 256)
         })
         .map(|set| {
-            ["/body/Data/fields", "/body/OptionsData/fields"]
+            [["body", "Data", "fields"], ["body", "OptionsData", "fields"]]
                 .iter()
-                .find_map(|path| set.pointer(path).and_then(Value::as_array))
+                .find_map(|path| at(set, path).and_then(Value::as_array))
                 .map_or(0, Vec::len)
         })
         .collect()
@@ -475,6 +475,13 @@ fn skeleton(packet: &NetflowPacket) -> Value {
         }
         other => value(other),
     }
+}
+
+/// `value.pointer("/a/b")` as `at(value, &["a", "b"])`: `pointer` parses
+/// (and unescapes, allocating) its path on every call, a tenth of a v9
+/// datagram's decode time.
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
 }
 
 fn variant_name(packet: &NetflowPacket) -> &'static str {
