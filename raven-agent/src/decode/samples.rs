@@ -329,9 +329,22 @@ mod tests {
         {
             assert!(of(stream).len() >= 5, "{stream}: {}", of(stream).len());
         }
-        // The text vectors and raw payload files are read too.
-        assert!(shared().iter().any(|s| s.file.ends_with("weird.parse1")));
-        assert!(shared().iter().any(|s| s.file.ends_with("snmpv3_req_encrypted.bin")));
+        // The text vectors and raw payload files are read too, and so are
+        // the malformed captures (frames cut short, lengths that lie).
+        for file in [
+            "weird.parse1",
+            "malformed1.parse1",
+            "snmpv3_req_encrypted.bin",
+            "snmp-heapoverflow-1.pcap",
+            "snmp-heapoverflow-2.pcap",
+            "ip-snmp-leftshift-unsigned.pcap",
+            "ip6-snmp-oid-unsigned.pcap",
+            "sflow_print-segv.pcap",
+            "snmp-oid-subidentifier-too-long.pcap",
+            "fake-syslog-with-padding.pcap",
+        ] {
+            assert!(shared().iter().any(|s| s.file.ends_with(file)), "nothing from {file}");
+        }
     }
 
     #[test]
