@@ -631,3 +631,174 @@ fn segment_stats(agent: &Path, dir: &Path) -> anyhow::Result<Vec<(String, u64, u
         })
         .collect())
 }
+
+/// tshark fields that hold what Raven's decoder extracts for a stream; a
+/// stream without an entry gets tshark's full tree (`-V`).
+fn tshark_fields(stream: &str) -> Option<&'static [&'static str]> {
+    Some(match stream {
+        "syslog" => &[
+            "syslog.facility",
+            "syslog.level",
+            "syslog.version",
+            "syslog.timestamp",
+            "syslog.timestamp_rfc3164",
+            "syslog.hostname",
+            "syslog.appname",
+            "syslog.procid",
+            "syslog.msgid",
+            "syslog.msg",
+        ],
+        "netflow" | "ipfix" => &[
+            "cflow.version",
+            "cflow.count",
+            "cflow.sequence",
+            "cflow.source_id",
+            "cflow.od_id",
+            "cflow.srcaddr",
+            "cflow.dstaddr",
+            "cflow.srcport",
+            "cflow.dstport",
+            "cflow.protocol",
+        ],
+        "snmp" => &[
+            "snmp.version",
+            "snmp.community",
+            "snmp.data",
+            "snmp.request_id",
+            "snmp.name",
+            "snmp.value.oid",
+        ],
+        "sflow" => &["sflow_245.version", "sflow_245.agent", "sflow_245.numsamples"],
+        _ => return None,
+    })
+}
+
+/// CPU seconds (user + system) of the children waited for so far.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// tshark's CPU time per packet on `pcap`: a run over the whole file less
+/// a run over its first packet (start-up, dissector registration).
+fn tshark_ns_per_packet(pcap: &Path, stream: &str, packets: u64) -> anyhow::Result<f64> {
+    let cpu = |limit: Option<u64>| -> anyhow::Result<f64> {
+        let mut cmd = Command::new("tshark");
+        cmd.arg("-n").arg("-r").arg(pcap);
+        if let Some(n) = limit {
+            cmd.args(["-c", &n.to_string()]);
+        }
+        match tshark_fields(stream) {
+            Some(fields) => {
+                cmd.args(["-T", "fields"]);
+                for f in fields {
+                    cmd.args(["-e", f]);
+                }
+            }
+            None => {
+                cmd.arg("-V");
+            }
+        }
+        let before = children_cpu_seconds();
+        let status = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status()?;
+        if !status.success() {
+            bail!("tshark on {} failed: {status}", pcap.display());
+        }
+        Ok(children_cpu_seconds() - before)
+    };
+    let one = (0..3).map(|_| cpu(Some(1))).collect::<anyhow::Result<Vec<f64>>>()?;
+    let one = one.into_iter().fold(f64::INFINITY, f64::min);
+    let all = cpu(None)?;
+    Ok((all - one).max(0.0) * 1e9 / (packets.saturating_sub(1).max(1)) as f64)
+}
+
+/// `decode`: `benches/decode.rs` (criterion, one thread, real payloads of
+/// the shared captures looped) and tshark on the same payloads.
+pub fn decode() -> anyhow::Result<()> {
+    crate::setup::build_tools()?; // the agent's build script builds the XDP object
+    let out = workspace_root().join("target/bench-decode");
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out)?;
+    run(crate::cargo()
+        .args(["bench", "--package", "raven-agent", "--bench", "decode"])
+        .env("RAVEN_BENCH_DECODE_OUT", &out)
+        .env("CRITERION_HOME", out.join("criterion")))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&fs::read(out.join("rows.json"))?)?;
+    println!("\n## decode — {} — {}", machine(), today());
+    println!(
+        "`Decoder::decode` on one thread over the shared captures' real payloads, looped \
+         (criterion mean); tshark's CPU time per packet on the same payloads (`-T fields`, \
+         start-up subtracted)\n"
+    );
+    println!(
+        "| decoder | payloads (files) | records/s per core | ns per packet | flows/s | parse errors | goal | met | tshark ns per packet | tshark ÷ Raven |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let id = row["id"].as_str().context("rows.json id")?;
+        let stream = row["stream"].as_str().unwrap_or(id);
+        let payloads = row["payloads"].as_u64().unwrap_or(0).max(1);
+        let estimates: serde_json::Value = serde_json::from_slice(
+            &fs::read(out.join("criterion/decode").join(id).join("new/estimates.json"))
+                .with_context(|| format!("criterion estimates of {id}"))?,
+        )?;
+        let iteration_ns =
+            estimates["mean"]["point_estimate"].as_f64().context("criterion mean")?;
+        let ns = iteration_ns / payloads as f64;
+        let per_second = 1e9 / ns;
+        let flows = row["flows"].as_u64().unwrap_or(0);
+        let flows_per_second = if flows > 0 {
+            format!("{:.0}", flows as f64 * 1e9 / iteration_ns)
+        } else {
+            "–".into()
+        };
+        let met = match (row["min_per_second"].as_f64(), row["max_nanos"].as_f64()) {
+            (Some(min), _) => {
+                if per_second >= min {
+                    "met"
+                } else {
+                    "not met"
+                }
+            }
+            (_, Some(max)) => {
+                if ns <= max {
+                    "met"
+                } else {
+                    "not met"
+                }
+            }
+            _ => "",
+        };
+        // "68 (no_pri 40, unparsed 28)": how many, and why.
+        let reasons: Vec<String> = row["reasons"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        let errors = match row["errors"].as_u64().unwrap_or(0) {
+            0 => "0".to_string(),
+            n => format!("{n} ({})", reasons.join(", ")),
+        };
+        let peer = tshark_ns_per_packet(
+            &out.join(format!("{id}.pcap")),
+            stream,
+            row["peer_packets"].as_u64().unwrap_or(1),
+        );
+        let (peer_ns, ratio) = match peer {
+            Ok(p) => (format!("{p:.0}"), format!("{:.1}×", p / ns)),
+            Err(e) => (format!("({e})"), String::new()),
+        };
+        println!(
+            "| {id} | {} ({}) | {per_second:.0} | {ns:.0} | {flows_per_second} | {} | {} | {met} | {peer_ns} | {ratio} |",
+            row["payloads"],
+            row["files"],
+            errors,
+            row["goal"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_forward;
+mod fuzz;
 mod install;
 mod setup;
 
@@ -55,6 +56,21 @@ enum Cmd {
         #[command(subcommand)]
         which: BenchCmd,
     },
+    /// Run every decoder's fuzz target (nightly, cargo-fuzz) for a while; not part of `test`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (syslog, snmp, sflow, windows, flow, decoder, capture_file).
+        #[arg(long)]
+        target: Option<String>,
+        /// libFuzzer's -rss_limit_mb: the whole process, ASan included.
+        #[arg(long, default_value_t = 2048)]
+        rss_limit_mb: u64,
+        /// libFuzzer's -malloc_limit_mb: the largest single allocation one input may make.
+        #[arg(long, default_value_t = 64)]
+        malloc_limit_mb: u64,
+    },
     /// (Used by `bench`: the traffic sender, run inside a namespace.)
     #[command(hide = true)]
     BenchSend {
@@ -86,6 +102,8 @@ enum BenchCmd {
         #[arg(long, default_value_t = 100_000)]
         rate: u64,
     },
+    /// Records per second per core of each decoder on the shared captures, against tshark.
+    Decode,
     /// Append throughput and bytes per record of the segment store.
     Store {
         #[arg(long, default_value_t = 200_000)]
@@ -170,6 +188,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { which: BenchCmd::Store { records } } => bench::store(records),
         Cmd::Bench { which: BenchCmd::Forward { outage_secs, rate, latency_secs, raven_only } } => {
             bench_forward::forward(outage_secs, rate, latency_secs, raven_only)
+        }
+        Cmd::Bench { which: BenchCmd::Decode } => bench::decode(),
+        Cmd::Fuzz { seconds, target, rss_limit_mb, malloc_limit_mb } => {
+            fuzz::fuzz(seconds, target, rss_limit_mb, malloc_limit_mb)
         }
         Cmd::BenchSend { target, count, size, rate } => bench::send(&target, count, size, rate),
         Cmd::Test { args } => {

@@ -170,3 +170,65 @@ pub fn read(bytes: &[u8]) -> Result<Datagrams, NotACapture> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::decode::samples;
+
+    fn shared_captures() -> &'static [(String, Vec<u8>)] {
+        static CAPTURES: OnceLock<Vec<(String, Vec<u8>)>> = OnceLock::new();
+        CAPTURES.get_or_init(|| {
+            let captures =
+                samples::captures(&samples::default_root()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(captures.len() > 50, "only {} shared captures", captures.len());
+            captures
+        })
+    }
+
+    #[test]
+    fn every_shared_capture_is_read() {
+        for (file, bytes) in shared_captures() {
+            let read = read(bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!read.datagrams.is_empty() || read.skipped > 0, "{file}: nothing in it");
+        }
+    }
+
+    proptest! {
+        /// Real capture files with bytes overwritten, inserted and cut:
+        /// headers, record lengths, link types and frames all get hit.
+        #[test]
+        fn mutated_shared_captures_never_panic(
+            m in samples::testing::mutation(),
+            header_writes in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
+        ) {
+            let captures = shared_captures();
+            let (_, bytes) = &captures[m.pick % captures.len()];
+            let mut bytes = m.apply(bytes);
+            // Most of a file is frames; aim some edits at the file and
+            // first record headers too.
+            for (at, byte) in header_writes {
+                if let Some(b) = bytes.get_mut(at) { *b = byte; }
+            }
+            let _ = read(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_pcap_header_never_panic(
+            link in prop_oneof![Just(1u32), Just(101), Just(113), Just(228), Just(229), any::<u32>()],
+            body in proptest::collection::vec(any::<u8>(), 0..800),
+        ) {
+            let mut file = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+            file.extend([0u8; 8]);
+            file.extend(65535u32.to_le_bytes());
+            file.extend(link.to_le_bytes());
+            file.extend(&body);
+            let _ = read(&file);
+            let _ = read(&body);
+        }
+    }
+}

@@ -191,7 +191,7 @@ impl FlowDecoder {
                 sequence,
             );
         };
-        let raw = serde_json::to_value(packet).unwrap_or(Value::Null);
+        let raw = skeleton(packet);
         let header = &raw.get(variant_name(packet)).and_then(|v| v.get("header")).cloned();
         let header_u32 = |key: &str| {
             header.as_ref().and_then(|h| h.get(key)).and_then(Value::as_u64).map(|v| v as u32)
@@ -206,8 +206,8 @@ impl FlowDecoder {
             .map_or(0, |sets| {
                 sets.iter()
                     .filter(|set| {
-                        let fields = set.pointer("/body/Data/fields").and_then(Value::as_array);
-                        let length = set.pointer("/header/length").and_then(Value::as_u64);
+                        let fields = at(set, &["body", "Data", "fields"]).and_then(Value::as_array);
+                        let length = at(set, &["header", "length"]).and_then(Value::as_u64);
                         fields.is_some_and(Vec::is_empty) && length.is_some_and(|l| l > 4)
                     })
                     .count()
@@ -316,9 +316,9 @@ fn data_set_records(packet: Option<&Value>) -> Vec<usize> {
             id.and_then(Value::as_u64).is_some_and(|id| id >= 256)
         })
         .map(|set| {
-            ["/body/Data/fields", "/body/OptionsData/fields"]
+            [["body", "Data", "fields"], ["body", "OptionsData", "fields"]]
                 .iter()
-                .find_map(|path| set.pointer(path).and_then(Value::as_array))
+                .find_map(|path| at(set, path).and_then(Value::as_array))
                 .map_or(0, Vec::len)
         })
         .collect()
@@ -377,6 +377,111 @@ fn template_ids(packet: Option<&Value>) -> (Vec<u64>, Vec<u64>) {
         }
     }
     (defined, data)
+}
+
+/// What this module reads of the parser's output, as the JSON
+/// `serde_json::to_value(packet)` would give, without what it never reads:
+/// a data set's `fields` holds one `null` per record, a template only its
+/// `template_id`, and v5/v7 keep only their header. Serializing every
+/// record and template field (to read a header, count records and list
+/// template ids) was most of the decode time (`cargo xtask bench decode`,
+/// docs/benchmarks.md); the flows themselves come from `as_netflow_common`.
+fn skeleton(packet: &NetflowPacket) -> Value {
+    use netflow_parser::variable_versions::{ipfix, v9};
+    fn value<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap_or(Value::Null)
+    }
+    // Built as maps, not with `json!`, which would serialize (deep-copy)
+    // every `Value` put into it.
+    fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+        Value::Object(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+    let records = |kind: &str, n: usize| {
+        object([(kind, object([("fields", Value::Array(vec![Value::Null; n]))]))])
+    };
+    let id = |template_id: u16| object([("template_id", Value::from(template_id))]);
+    let ids = |list: &mut dyn Iterator<Item = u16>| Value::Array(list.map(id).collect());
+    let packet_of = |name: &str, header: Value, sets: Option<Vec<Value>>| {
+        let inner = match sets {
+            Some(sets) => object([("header", header), ("flowsets", Value::Array(sets))]),
+            None => object([("header", header)]),
+        };
+        object([(name, inner)])
+    };
+    match packet {
+        NetflowPacket::V5(p) => packet_of("V5", value(&p.header), None),
+        NetflowPacket::V7(p) => packet_of("V7", value(&p.header), None),
+        NetflowPacket::V9(p) => {
+            let sets = p.flowsets.iter().map(|s| {
+                let body = match &s.body {
+                    v9::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                    v9::FlowSetBody::OptionsData(d) => records("OptionsData", d.fields.len()),
+                    v9::FlowSetBody::Template(t) => object([(
+                        "Template",
+                        object([(
+                            "templates",
+                            ids(&mut t.templates.iter().map(|t| t.template_id)),
+                        )]),
+                    )]),
+                    v9::FlowSetBody::OptionsTemplate(t) => object([(
+                        "OptionsTemplate",
+                        object([(
+                            "templates",
+                            ids(&mut t.templates.iter().map(|t| t.template_id)),
+                        )]),
+                    )]),
+                    other => value(other),
+                };
+                object([("header", value(&s.header)), ("body", body)])
+            });
+            packet_of("V9", value(&p.header), Some(sets.collect()))
+        }
+        NetflowPacket::IPFix(p) => {
+            let sets = p.flowsets.iter().map(|s| {
+                let body = match &s.body {
+                    ipfix::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                    ipfix::FlowSetBody::OptionsData(d) => records("OptionsData", d.fields.len()),
+                    ipfix::FlowSetBody::V9Data(d) => records("V9Data", d.fields.len()),
+                    ipfix::FlowSetBody::V9OptionsData(d) => {
+                        records("V9OptionsData", d.fields.len())
+                    }
+                    ipfix::FlowSetBody::Template(t) => object([("Template", id(t.template_id))]),
+                    ipfix::FlowSetBody::V9Template(t) => {
+                        object([("V9Template", id(t.template_id))])
+                    }
+                    ipfix::FlowSetBody::OptionsTemplate(t) => {
+                        object([("OptionsTemplate", id(t.template_id))])
+                    }
+                    ipfix::FlowSetBody::V9OptionsTemplate(t) => {
+                        object([("V9OptionsTemplate", id(t.template_id))])
+                    }
+                    ipfix::FlowSetBody::Templates(l) => {
+                        object([("Templates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    ipfix::FlowSetBody::V9Templates(l) => {
+                        object([("V9Templates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    ipfix::FlowSetBody::OptionsTemplates(l) => {
+                        object([("OptionsTemplates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    ipfix::FlowSetBody::V9OptionsTemplates(l) => {
+                        object([("V9OptionsTemplates", ids(&mut l.iter().map(|t| t.template_id)))])
+                    }
+                    other => value(other),
+                };
+                object([("header", value(&s.header)), ("body", body)])
+            });
+            packet_of("IPFix", value(&p.header), Some(sets.collect()))
+        }
+        other => value(other),
+    }
+}
+
+/// `value.pointer("/a/b")` as `at(value, &["a", "b"])`: `pointer` parses
+/// (and unescapes, allocating) its path on every call, a tenth of a v9
+/// datagram's decode time.
+fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
 }
 
 fn variant_name(packet: &NetflowPacket) -> &'static str {
@@ -540,6 +645,72 @@ mod tests {
         assert!(ports(&d).is_empty() && d.parse_error.is_some(), "{:?}", d.fields);
     }
 
+    /// `skeleton` is the parser's full serialization with the data
+    /// records' values and the templates' fields left out, on every shared
+    /// NetFlow/IPFIX datagram (templates learned in capture order, so data
+    /// sets are decoded).
+    #[test]
+    fn the_skeleton_is_the_full_serialization_less_records_and_template_fields() {
+        use crate::{decode::samples::testing, record::Stream};
+        fn only_id(template: &mut Value) {
+            let id = template["template_id"].clone();
+            assert!(id.is_u64(), "{template}");
+            *template = json!({ "template_id": id });
+        }
+        fn blank_records(full: &mut Value, templates: &mut usize) {
+            let Some(sets) = full.get_mut("flowsets").and_then(Value::as_array_mut) else {
+                return;
+            };
+            for set in sets {
+                let Some(Value::Object(body)) = set.get_mut("body") else { continue };
+                for (kind, data) in body.iter_mut() {
+                    if kind.contains("Template") && !kind.starts_with("NoTemplate") {
+                        *templates += 1;
+                        match data {
+                            Value::Array(list) => list.iter_mut().for_each(only_id),
+                            _ if data.get("templates").is_some() => {
+                                let list = data["templates"].as_array_mut().unwrap();
+                                list.iter_mut().for_each(only_id);
+                            }
+                            _ => only_id(data),
+                        }
+                    }
+                    let records = data.get_mut("fields").and_then(Value::as_array_mut);
+                    if kind.ends_with("Data")
+                        && let Some(records) = records
+                    {
+                        records.iter_mut().for_each(|r| *r = Value::Null);
+                    }
+                }
+            }
+        }
+        let mut parser = AutoScopedParser::new();
+        let (mut packets, mut data_sets, mut templates) = (0, 0, 0);
+        let flows = testing::shared()
+            .iter()
+            .filter(|s| matches!(s.stream, Stream::Netflow | Stream::Ipfix));
+        for sample in flows {
+            for packet in parser.parse_from_source(sample.src, &sample.payload).packets {
+                let mut full = serde_json::to_value(&packet).unwrap();
+                let inner = full.get_mut(variant_name(&packet)).unwrap();
+                if matches!(packet, NetflowPacket::V5(_) | NetflowPacket::V7(_)) {
+                    inner.as_object_mut().unwrap().remove("flowsets");
+                }
+                blank_records(inner, &mut templates);
+                assert_eq!(skeleton(&packet), full, "{}", sample.file);
+                packets += 1;
+                data_sets += data_set_records(skeleton(&packet).get(variant_name(&packet)))
+                    .into_iter()
+                    .filter(|&n| n > 0)
+                    .count();
+            }
+        }
+        assert!(
+            packets > 500 && data_sets > 500 && templates > 50,
+            "{packets} packets, {data_sets} data sets, {templates} template sets"
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_and_mutated_datagrams_never_panic(
@@ -559,6 +730,24 @@ mod tests {
             let mut ipfix = vec![0u8, 10];
             ipfix.extend(&bytes);
             let _ = decoder.decode(exporter, &ipfix);
+        }
+
+        /// A real capture's datagrams in order (templates first, as the
+        /// exporter sent them) with one of them mutated, through one decoder.
+        #[test]
+        fn mutated_shared_flows_never_panic(m in crate::decode::samples::testing::mutation()) {
+            use crate::{decode::samples::testing, record::Stream};
+            let mut flows = testing::of(Stream::Netflow);
+            flows.extend(testing::of(Stream::Ipfix));
+            let target = flows[m.pick % flows.len()];
+            let mut decoder = FlowDecoder::default();
+            for sample in testing::shared().iter().filter(|s| s.file == target.file) {
+                if std::ptr::eq(sample, target) {
+                    let _ = decoder.decode(sample.src, &m.apply(&sample.payload));
+                } else {
+                    let _ = decoder.decode(sample.src, &sample.payload);
+                }
+            }
         }
     }
 }

@@ -26,6 +26,9 @@ pub mod syslog;
 pub mod templates;
 pub mod usm;
 
+/// The shared captures as inputs for fuzzing, benches and property tests.
+pub mod samples;
+
 use bytes::Bytes;
 use serde_json::{Map, Value};
 

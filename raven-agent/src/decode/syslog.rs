@@ -359,5 +359,15 @@ mod tests {
             line.truncate(cut.min(line.len()));
             let _ = utc().decode(&line, SystemTime::now());
         }
+
+        /// The syslog payloads of the shared captures and rsyslog's test
+        /// vectors, mutated.
+        #[test]
+        fn mutated_shared_payloads_never_panic(m in crate::decode::samples::testing::mutation()) {
+            let samples = crate::decode::samples::testing::of(crate::record::Stream::Syslog);
+            let sample = samples[m.pick % samples.len()];
+            let d = utc().decode(&m.apply(&sample.payload), sample.captured_at);
+            proptest::prop_assert!(d.fields.contains_key("message"));
+        }
     }
 }
