@@ -6,28 +6,11 @@ use libfuzzer_sys::fuzz_target;
 use raven_agent::{
     config::DecodeConfig,
     decode::{Decoder, capture_file, samples},
-    record::{Record, Via},
 };
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(capture) = capture_file::read(data) else { return };
-    let batch: Vec<Record> = capture
-        .datagrams
-        .into_iter()
-        .filter_map(|d| {
-            let stream = samples::stream_of(d.src.port(), d.dst.port(), &d.payload)?;
-            Some(Record {
-                captured_at: d.captured_at,
-                stream,
-                src: d.src,
-                dst_port: d.dst.port(),
-                ifindex: 0,
-                wire_len: d.payload.len() as u32,
-                truncated: false,
-                via: Via::File,
-                payload: d.payload,
-            })
-        })
-        .collect();
+    let stream_of =
+        |d: &capture_file::Datagram| samples::stream_of(d.src.port(), d.dst.port(), &d.payload);
+    let Ok(batch) = raven_agent::decode::cli::capture_records(data, stream_of) else { return };
     let _ = Decoder::new(&DecodeConfig::default()).decode_batch(&batch);
 });

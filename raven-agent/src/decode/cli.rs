@@ -58,18 +58,17 @@ pub fn port_map(overrides: &[(Stream, u16)]) -> BTreeMap<u16, Stream> {
     ports
 }
 
-/// Every UDP datagram of a pcap/pcapng file whose stream is known (by
-/// `stream`, or by its destination port in `ports`), as captured records.
+/// Every UDP datagram of a pcap/pcapng file whose stream `stream_of`
+/// knows, as captured records.
 pub fn capture_records(
     bytes: &[u8],
-    ports: &BTreeMap<u16, Stream>,
-    stream: Option<Stream>,
+    stream_of: impl Fn(&capture_file::Datagram) -> Option<Stream>,
 ) -> Result<Vec<Record>, capture_file::NotACapture> {
     Ok(capture_file::read(bytes)?
         .datagrams
         .into_iter()
         .filter_map(|d| {
-            let stream = stream.or_else(|| ports.get(&d.dst.port()).copied())?;
+            let stream = stream_of(&d)?;
             Some(Record {
                 captured_at: d.captured_at,
                 stream,
@@ -83,6 +82,14 @@ pub fn capture_records(
             })
         })
         .collect())
+}
+
+/// The stream of a datagram: `forced`, or by destination port.
+pub fn by_port(
+    ports: &BTreeMap<u16, Stream>,
+    forced: Option<Stream>,
+) -> impl Fn(&capture_file::Datagram) -> Option<Stream> + '_ {
+    move |d| forced.or_else(|| ports.get(&d.dst.port()).copied())
 }
 
 pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
@@ -102,7 +109,7 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let mut seq = 0u64;
     for path in &args.files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let records: Vec<Record> = match capture_records(&bytes, &ports, args.stream) {
+        let records: Vec<Record> = match capture_records(&bytes, by_port(&ports, args.stream)) {
             Ok(records) => records,
             Err(not_capture) => {
                 let Some(stream) = args.stream else {

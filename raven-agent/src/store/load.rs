@@ -85,7 +85,7 @@ fn capture_source(paths: &[PathBuf]) -> anyhow::Result<Vec<Record>> {
     for path in paths {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         out.extend(
-            crate::decode::cli::capture_records(&bytes, &ports, None)
+            crate::decode::cli::capture_records(&bytes, crate::decode::cli::by_port(&ports, None))
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         );
     }
