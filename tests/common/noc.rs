@@ -224,13 +224,16 @@ pub fn nfdump_exporters(dir: &Path) -> Vec<String> {
 }
 
 /// `snmptrapd` on `udp:NOC:port`, accepting every community, logging each
-/// trap (numeric OIDs) to `dir/traps.log`.
+/// trap (numeric OIDs) to `dir/traps.log`. `-n`: no reverse DNS lookup of
+/// each sender — the namespace has no resolver, and a lookup per trap
+/// stalls snmptrapd long enough for a replayed burst to overflow its
+/// socket buffer (seen as runs of missing traps).
 pub fn snmptrapd(noc: &Netns, dir: &Path, port: u16) -> Process {
     let log = dir.join("traps.log");
     let conf = dir.join("snmptrapd.conf");
     std::fs::write(&conf, "disableAuthorization yes\n").unwrap();
     let mut cmd = noc.command("snmptrapd");
-    cmd.args(["-f", "-C", "-On", "-c"])
+    cmd.args(["-f", "-n", "-C", "-On", "-c"])
         .arg(&conf)
         .arg("-Lf")
         .arg(&log)
