@@ -96,6 +96,44 @@ fn trap(
     net_snmp(lab, state, "snmptrap", &args)
 }
 
+/// `snmpinform -v 3` authPriv (SHA-256, AES) as user `informer` with
+/// `auth` as its passphrase; `retries_timeout` = [-r, -t]; warmStart plus
+/// `varbinds`.
+fn v3_inform(
+    lab: &Lab,
+    state: &std::path::Path,
+    auth: &str,
+    retries_timeout: &[&str; 2],
+    varbinds: &[&str],
+) -> Output {
+    let target = format!("{APPLIANCE_V4}:162");
+    let mut args = vec![
+        "-v",
+        "3",
+        "-u",
+        "informer",
+        "-l",
+        "authPriv",
+        "-a",
+        "SHA-256",
+        "-A",
+        auth,
+        "-x",
+        "AES",
+        "-X",
+        PRIV,
+        "-r",
+        retries_timeout[0],
+        "-t",
+        retries_timeout[1],
+        &target,
+        "",
+        "1.3.6.1.6.3.1.1.5.2",
+    ];
+    args.extend_from_slice(varbinds);
+    net_snmp(lab, state, "snmpinform", &args)
+}
+
 fn by_trap<'a>(records: &'a [Value], user: &str, trap_oid: &str) -> &'a Value {
     records
         .iter()
@@ -158,37 +196,8 @@ fn net_snmp_v3_traps_and_informs_are_authenticated_decrypted_and_answered() {
     // Informs: Net-SNMP discovers Raven's engine, then sends the inform;
     // success means Raven's Response authenticated and decrypted for it.
     let target = format!("{APPLIANCE_V4}:162");
-    let inform = net_snmp(
-        &lab,
-        state,
-        "snmpinform",
-        &[
-            "-v",
-            "3",
-            "-u",
-            "informer",
-            "-l",
-            "authPriv",
-            "-a",
-            "SHA-256",
-            "-A",
-            AUTH,
-            "-x",
-            "AES",
-            "-X",
-            PRIV,
-            "-r",
-            "1",
-            "-t",
-            "5",
-            &target,
-            "",
-            "1.3.6.1.6.3.1.1.5.2",
-            "1.3.6.1.2.1.1.5.0",
-            "s",
-            "sw-core-1",
-        ],
-    );
+    let inform =
+        v3_inform(&lab, state, AUTH, &["1", "5"], &["1.3.6.1.2.1.1.5.0", "s", "sw-core-1"]);
     ok("snmpinform -v 3 authPriv", &inform, &agent);
     let v2c = net_snmp(
         &lab,
@@ -210,34 +219,7 @@ fn net_snmp_v3_traps_and_informs_are_authenticated_decrypted_and_answered() {
     );
     ok("snmpinform -v 2c", &v2c, &agent);
     // A wrong passphrase: Raven's usmStatsWrongDigests Report, no Response.
-    let refused = net_snmp(
-        &lab,
-        state,
-        "snmpinform",
-        &[
-            "-v",
-            "3",
-            "-u",
-            "informer",
-            "-l",
-            "authPriv",
-            "-a",
-            "SHA-256",
-            "-A",
-            "not-the-passphrase",
-            "-x",
-            "AES",
-            "-X",
-            PRIV,
-            "-r",
-            "0",
-            "-t",
-            "3",
-            &target,
-            "",
-            "1.3.6.1.6.3.1.1.5.2",
-        ],
-    );
+    let refused = v3_inform(&lab, state, "not-the-passphrase", &["0", "3"], &[]);
     assert!(!refused.status.success(), "a wrong passphrase must not be answered");
     let why = String::from_utf8_lossy(&refused.stderr).to_lowercase();
     assert!(why.contains("authentication failure"), "Net-SNMP says why: {why}");
