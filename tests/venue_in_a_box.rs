@@ -64,9 +64,13 @@ const NFCAPD_PORT: u16 = 9995;
 const TRAPD_PORT: u16 = 1162;
 const HTTP_PORT: u16 = 8080;
 const TOKEN: &str = "venue-noc-token";
-/// Records a sink sends per batch: the most one broken connection can
-/// duplicate (docs/forwarding.md).
-const BATCH: usize = 512;
+/// Records a sink sends per batch (`batch_max_records`, left at its
+/// default here): the most one broken connection can duplicate
+/// (docs/forwarding.md).
+fn batch() -> usize {
+    raven_agent::config::SinkConfig::new("any", raven_agent::config::SinkProtocol::SyslogTcp, "")
+        .batch_max_records
+}
 /// The sinks and the streams each takes.
 const SINKS: [(&str, &[&str]); 4] = [
     ("noc-syslog", &["syslog"]),
@@ -724,15 +728,17 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         assert_eq!(by_raven.get(raven), Some(seq), "record id {raven} names another line");
     }
     let delivered: Vec<u64> = rsyslog.iter().map(|(r, _)| *r).collect();
-    report.push(("syslog → rsyslogd", check_once("syslog", &raven_seqs, &delivered, 2 * BATCH)));
+    report.push(("syslog → rsyslogd", check_once("syslog", &raven_seqs, &delivered, 2 * batch())));
     let http = http_lines(&http_log);
     for (raven, seq) in &http {
         assert_eq!(by_raven.get(raven), Some(seq), "raven_id {raven} names another record");
     }
     let delivered: Vec<u64> = http.iter().map(|(r, _)| *r).collect();
-    report.push(("syslog → http", check_once("http", &raven_seqs, &delivered, 2 * BATCH)));
-    report
-        .push(("snmp → snmptrapd", check_once("traps", &traps, &traps_logged(&traps_log), BATCH)));
+    report.push(("syslog → http", check_once("http", &raven_seqs, &delivered, 2 * batch())));
+    report.push((
+        "snmp → snmptrapd",
+        check_once("traps", &traps, &traps_logged(&traps_log), batch()),
+    ));
     let delivered = delivered_flows(&flows_dir);
     for (stream, version) in [("netflow", 9), ("ipfix", 10)] {
         let per_datagram = captured_flows(&captured[stream]);
@@ -740,7 +746,7 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         let flows: Vec<String> = per_datagram.concat();
         let got = delivered.get(&version).cloned().unwrap_or_default();
         let name = if version == 9 { "netflow → nfcapd" } else { "ipfix → nfcapd" };
-        report.push((name, check_multiset(stream, &flows, &got, BATCH * most)));
+        report.push((name, check_multiset(stream, &flows, &got, batch() * most)));
     }
     for (what, t) in &report {
         println!(

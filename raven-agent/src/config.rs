@@ -650,7 +650,7 @@ impl Default for ForwardConfig {
         ForwardConfig {
             appliance_id: "raven".to_string(),
             backoff_min_ms: 500,
-            backoff_max_ms: 60_000,
+            backoff_max_ms: 15_000,
             breaker_failures: 5,
             probe_interval_ms: 10_000,
             sinks: Vec::new(),
@@ -759,6 +759,14 @@ pub struct SinkConfig {
     /// peer ACKed a batch before the batch counts as acknowledged (ms).
     #[serde(default = "default_ack_confirm")]
     pub ack_confirm_ms: u64,
+    /// Most records per send. A send is one acknowledgement cycle, so this
+    /// bounds both the drain rate after an outage (a TCP batch per
+    /// RTT + `ack_confirm_ms`) and what a broken connection re-sends.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// Most payload bytes per send (at least one record always goes).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: u64,
 }
 
 fn default_framing() -> SyslogFraming {
@@ -781,6 +789,12 @@ fn default_ack_timeout() -> u64 {
 }
 fn default_ack_confirm() -> u64 {
     100
+}
+fn default_batch_max_records() -> usize {
+    4096
+}
+fn default_batch_max_bytes() -> u64 {
+    1 << 20
 }
 
 impl SinkConfig {
@@ -807,6 +821,8 @@ impl SinkConfig {
             connect_timeout_ms: default_connect_timeout(),
             ack_timeout_ms: default_ack_timeout(),
             ack_confirm_ms: default_ack_confirm(),
+            batch_max_records: default_batch_max_records(),
+            batch_max_bytes: default_batch_max_bytes(),
         }
     }
 
@@ -924,6 +940,12 @@ impl ForwardConfig {
             }
             if sink.ack_confirm_ms > sink.ack_timeout_ms {
                 problem(key("ack_confirm_ms"), "must not exceed ack_timeout_ms");
+            }
+            if sink.batch_max_records == 0 {
+                problem(key("batch_max_records"), "must be at least 1");
+            }
+            if sink.batch_max_bytes == 0 {
+                problem(key("batch_max_bytes"), "must be at least 1");
             }
         }
         out

@@ -14,7 +14,8 @@
 //!   grows and is measured (`raven_forward_backlog_records`,
 //!   `raven_forward_lag_seconds`).
 //!
-//! Operation: read up to `batch` records after the cursor of each of the
+//! Operation: read up to `batch_max_records` records (and
+//! `batch_max_bytes`) after the cursor of each of the
 //! sink's streams in turn; send (the managed sink waits out backoff, paces,
 //! and records health); move the cursor. When every stream is caught up,
 //! wait for the store's next durable append, a flush request, or the probe
@@ -123,9 +124,6 @@ pub struct SinkControl {
 /// Whether sinks that need the VPN may send now.
 pub type VpnGate = watch::Receiver<bool>;
 
-/// Records per send.
-const BATCH: usize = 512;
-
 /// Runs one sink until `cancel` fires.
 pub async fn run(
     mut sink: ManagedSink,
@@ -184,7 +182,8 @@ pub async fn run(
             };
             // Reading decompresses blocks from disk: keep it off the
             // runtime's other tasks.
-            let batch = match tokio::task::block_in_place(|| backlog.read(stream, from, BATCH)) {
+            let max = sink.batch_max_records();
+            let mut batch = match tokio::task::block_in_place(|| backlog.read(stream, from, max)) {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(sink = %name, %stream, from, error = %e,
@@ -197,6 +196,7 @@ pub async fn run(
             if batch.is_empty() {
                 continue;
             }
+            sink.limit_batch_bytes(&mut batch);
             persist_relay_state(&mut sink, &*backlog, &batch);
             let acknowledged = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -228,10 +228,24 @@ pub async fn run(
         }
         if failed {
             // The managed sink's backoff paces the retry; a flush skips it.
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = sink.wait_ready() => {}
-                _ = flush.notified() => sink.skip_backoff(),
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = sink.wait_ready() => break,
+                    _ = flush.notified() => {
+                        sink.skip_backoff();
+                        break;
+                    }
+                    // The tunnel just came (back) up: the NOC is likely
+                    // reachable again, so try now rather than after a
+                    // backoff that grew through the outage.
+                    Ok(()) = vpn.changed() => {
+                        if *vpn.borrow_and_update() {
+                            sink.skip_backoff();
+                            break;
+                        }
+                    }
+                }
             }
             continue;
         }
@@ -340,6 +354,81 @@ mod tests {
     fn udp_sink(target: SocketAddr) -> ManagedSink {
         let config = SinkConfig::new("noc", SinkProtocol::SyslogUdp, &target.to_string());
         ManagedSink::new(&config, &ForwardConfig::default()).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_vpn_coming_up_ends_a_long_backoff() {
+        use std::io::Read;
+        // A port with nothing listening: the first connect is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let memory = Arc::new(Memory::default());
+        memory.push("<14>held through the outage");
+        let config = SinkConfig::new("noc", SinkProtocol::SyslogTcp, &format!("127.0.0.1:{port}"));
+        // Full jitter in [0, 600 s]: without the wake the retry would
+        // almost surely come long after the test's 5 s.
+        let forward = ForwardConfig {
+            backoff_min_ms: 600_000,
+            backoff_max_ms: 600_000,
+            ..Default::default()
+        };
+        let (vpn_tx, vpn) = watch::channel(true);
+        let cancel = CancellationToken::new();
+        let backlog: Arc<dyn Backlog> = memory.clone();
+        let task = tokio::spawn(run(
+            ManagedSink::new(&config, &forward).unwrap(),
+            Duration::from_secs(10),
+            backlog,
+            vpn,
+            Arc::new(Notify::new()),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(memory.cursor("noc", Stream::Syslog).unwrap(), None, "sent with no receiver");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let receiver = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = vec![0u8; 256];
+            let n = conn.read(&mut got).unwrap();
+            got.truncate(n);
+            // Kept open: a batch counts only if the connection outlives
+            // the confirm delay.
+            (conn, got)
+        });
+        // The tunnel bounces: down, then up.
+        vpn_tx.send_replace(false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        vpn_tx.send_replace(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while memory.cursor("noc", Stream::Syslog).unwrap() != Some(0) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still backing off after the VPN came up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_conn, got) = tokio::task::block_in_place(|| receiver.join().unwrap());
+        assert_eq!(got, b"27 <14>held through the outage");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_its_byte_limit_but_never_empty() {
+        let memory = Memory::default();
+        for text in ["<14>aaaa", "<14>bbbb", "<14>cccc"] {
+            memory.push(text);
+        }
+        let mut config = SinkConfig::new("noc", SinkProtocol::SyslogUdp, "127.0.0.1:9");
+        config.batch_max_bytes = 17;
+        let sink = ManagedSink::new(&config, &ForwardConfig::default()).unwrap();
+        let mut batch = memory.read(Stream::Syslog, 0, 10).unwrap();
+        sink.limit_batch_bytes(&mut batch);
+        assert_eq!(batch.len(), 2, "two 8-byte payloads fit in 17 bytes, three do not");
+        config.batch_max_bytes = 1;
+        let sink = ManagedSink::new(&config, &ForwardConfig::default()).unwrap();
+        sink.limit_batch_bytes(&mut batch);
+        assert_eq!(batch.len(), 1, "an oversize record still goes, alone");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

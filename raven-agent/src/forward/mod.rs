@@ -269,6 +269,8 @@ pub struct ManagedSink {
     name: String,
     streams: Vec<Stream>,
     requires_vpn: bool,
+    batch_max_records: usize,
+    batch_max_bytes: u64,
     sink: Sink,
     health: LinkHealth,
     pacer: pacing::Pacer,
@@ -293,6 +295,8 @@ impl ManagedSink {
             name: config.name.clone(),
             streams: config.effective_streams(),
             requires_vpn: config.requires_vpn,
+            batch_max_records: config.batch_max_records.max(1),
+            batch_max_bytes: config.batch_max_bytes,
             sink,
             health,
             pacer: pacing::Pacer::new(
@@ -321,6 +325,26 @@ impl ManagedSink {
     /// Whether the forwarder must pause this sink while the VPN is down.
     pub fn requires_vpn(&self) -> bool {
         self.requires_vpn
+    }
+
+    /// Most records per send (`batch_max_records`).
+    pub fn batch_max_records(&self) -> usize {
+        self.batch_max_records
+    }
+
+    /// Cuts `batch` to the longest prefix within `batch_max_bytes` of
+    /// payload, keeping at least one record so an oversize record still
+    /// goes.
+    pub fn limit_batch_bytes(&self, batch: &mut Vec<Outgoing>) {
+        let mut bytes = 0u64;
+        let within = batch
+            .iter()
+            .position(|r| {
+                bytes += r.payload.len() as u64;
+                bytes > self.batch_max_bytes
+            })
+            .unwrap_or(batch.len());
+        batch.truncate(within.max(1));
     }
 
     pub fn state(&self) -> LinkState {

@@ -195,6 +195,9 @@ struct PendingBlock {
     exporters: Vec<(IpAddr, u64, u64, u64)>,
 }
 
+/// How long [`Store::open`] waits for another holder of the writer lock.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// A file of [`RESERVE_BYTES`] given back when the disk is full.
 const RESERVE: &str = "reserve";
 const RESERVE_BYTES: u64 = 256 << 10;
@@ -283,12 +286,22 @@ impl Store {
         // One writer per store: reconcile truncates and moves files, which
         // must never happen under a running agent.
         let lock = File::create(dir.join("raven.lock")).map_err(io_error)?;
+        // A lock can outlive its holder briefly: a process that forked
+        // between our open and its exec holds a copy of the descriptor
+        // until the exec closes it (O_CLOEXEC), and an agent restarted by
+        // its supervisor may start while the old one is still exiting. So
+        // wait a little before calling the store busy.
+        let mut waited = Duration::ZERO;
         // SAFETY: flock on a descriptor we own.
-        if unsafe {
+        while unsafe {
             libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB)
         } != 0
         {
-            return Err(StoreError::Busy(dir.display().to_string()));
+            if waited >= LOCK_WAIT {
+                return Err(StoreError::Busy(dir.display().to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            waited += Duration::from_millis(20);
         }
         let db_path = dir.join("raven.db");
         let index = open_index(&dir, &db_path)?;

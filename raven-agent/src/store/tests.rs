@@ -379,3 +379,35 @@ fn a_codec_change_starts_a_new_segment_and_every_codec_reads_back() {
 fn texts_of(records: &[NewRecord]) -> Vec<String> {
     records.iter().map(|r| String::from_utf8_lossy(&r.record.payload).into_owned()).collect()
 }
+
+/// A child forked by another thread holds a copy of the lock's descriptor
+/// until its exec: reopening right after a drop must wait that out, not
+/// report the store busy (this made the model test above flaky whenever a
+/// test in the same process spawned a program).
+#[test]
+fn reopening_while_another_thread_forks_is_not_busy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let forker = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::process::Command::new("true").status();
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path());
+    let failures: Vec<String> = (0..300)
+        .filter_map(|_| {
+            let reopened = Store::open(&c).and_then(|store| {
+                drop(store);
+                Store::open(&c)
+            });
+            reopened.err().map(|e| e.to_string())
+        })
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    forker.join().unwrap();
+    assert!(failures.is_empty(), "{} reopenings failed: {:?}", failures.len(), failures.first());
+}
