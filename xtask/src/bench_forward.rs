@@ -6,9 +6,10 @@
 //!   appliance↔NOC), removed with every process in them when the benchmark
 //!   ends, on failure too. Every wait is bounded.
 //! - The peers run with their defaults except where the row says so:
-//!   Raven's `syslog_tcp` sink (batch 512, `ack_confirm_ms` 100, backoff up
-//!   to 60 s), the same with `ack_confirm_ms = 10` (the knob that bounds
-//!   the drain: one batch per confirm delay at most), and `rsyslogd`
+//!   Raven's `syslog_tcp` sink (`batch_max_records` 4096, `ack_confirm_ms`
+//!   100, backoff up to 15 s), the same with `ack_confirm_ms = 10` (with
+//!   the batch size, the knob that bounds the drain: one batch per RTT +
+//!   confirm delay at most), and `rsyslogd`
 //!   relaying with a disk-assisted queue. Nothing else is tuned.
 //!
 //! Method, per peer (Raven twice, then the rsyslogd relay), one at a time in
@@ -565,7 +566,7 @@ fn measure(
     lab.cut(false)?;
     let restored_at = now();
     eprintln!("{}: link restored; draining {} lines", peer.name(), cut_to - cut_from);
-    // Up to 60 s of backoff, then the drain itself.
+    // Up to a backoff cap (15 s by default), then the drain itself.
     let drain_bound = Duration::from_secs(120 + outage_secs * 2);
     let drained = log.wait_all(first..cut_to, drain_bound)?;
     thread::sleep(Duration::from_secs(2));
