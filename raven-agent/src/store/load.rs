@@ -117,6 +117,14 @@ struct Failures {
     records: u64,
 }
 
+/// Wall time spent in each stage: the store's own rate (append, compress,
+/// write, `fdatasync`, index) is records ÷ `append`.
+#[derive(Default)]
+struct StageTimes {
+    decode: Duration,
+    append: Duration,
+}
+
 /// Decodes and appends one group commit, per stream; returns the ranges.
 fn commit(
     store: &Store,
@@ -124,7 +132,9 @@ fn commit(
     batch: Vec<Record>,
     latencies: &mut Vec<u32>,
     failures: &mut Failures,
+    times: &mut StageTimes,
 ) -> anyhow::Result<Vec<(Stream, u64, u64)>> {
+    let decoding = Instant::now();
     let decoded = decoder.decode_batch(&batch);
     let mut by_stream: BTreeMap<Stream, Vec<NewRecord>> = BTreeMap::new();
     for (record, decoded) in batch.into_iter().zip(decoded) {
@@ -135,12 +145,16 @@ fn commit(
             parse_error,
         });
     }
+    times.decode += decoding.elapsed();
     let mut ranges = Vec::new();
     for (stream, records) in by_stream {
         let captured: Vec<SystemTime> = records.iter().map(|r| r.record.captured_at).collect();
         // As the pipeline does: a batch the store refuses (after its own
         // retries) is counted and the load goes on.
-        let appended = match store.append(stream, records) {
+        let appending = Instant::now();
+        let appended = store.append(stream, records);
+        times.append += appending.elapsed();
+        let appended = match appended {
             Ok(appended) => appended,
             Err(e) => {
                 eprintln!("append of {} {stream} records failed: {e}", captured.len());
@@ -192,6 +206,7 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut blocks = 0u64;
     let mut failures = Failures::default();
+    let mut times = StageTimes::default();
     let mut report = |ranges: Vec<(Stream, u64, u64)>, out: &mut io::StdoutLock| {
         blocks += ranges.len() as u64;
         if !args.summary {
@@ -209,7 +224,10 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
                 let n = args.batch.min((args.records - made) as usize);
                 let batch: Vec<Record> =
                     (made..made + n as u64).map(|i| source.record(i)).collect();
-                report(commit(&store, &decoder, batch, &mut latencies, &mut failures)?, &mut out)?;
+                report(
+                    commit(&store, &decoder, batch, &mut latencies, &mut failures, &mut times)?,
+                    &mut out,
+                )?;
                 made += n as u64;
             }
         }
@@ -245,7 +263,10 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
                         Err(_) => break,
                     }
                 }
-                report(commit(&store, &decoder, batch, &mut latencies, &mut failures)?, &mut out)?;
+                report(
+                    commit(&store, &decoder, batch, &mut latencies, &mut failures, &mut times)?,
+                    &mut out,
+                )?;
             }
             generator.join().map_err(|_| anyhow::anyhow!("the generator panicked"))?;
         }
@@ -257,6 +278,9 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
         "blocks": blocks,
         "seconds": secs,
         "records_per_second": latencies.len() as f64 / secs,
+        "decode_seconds": times.decode.as_secs_f64(),
+        "append_seconds": times.append.as_secs_f64(),
+        "append_records_per_second": latencies.len() as f64 / times.append.as_secs_f64().max(1e-9),
         "write_failures": crate::metrics::store_write_failures(),
         "evicted_records": crate::metrics::store_evicted_records(),
         "failed_appends": failures.appends,
