@@ -48,21 +48,77 @@ fn load(path: &Path, overrides: &impl Fn(&mut Config)) -> Result<Config, ConfigE
     Ok(config)
 }
 
-/// The stage after capture: decode, store each batch durably per stream
+/// A captured group decoded for the store: per stream, the records in
+/// arrival order with their stored form, and the datagrams that answer
+/// some of them (SNMP inform responses) once they are durable.
+pub struct DecodedGroup {
+    pub records: BTreeMap<Stream, Vec<NewRecord>>,
+    pub replies: BTreeMap<Stream, Vec<Reply>>,
+}
+
+/// A datagram to send from `port` to `to` once its record is durable.
+pub struct Reply {
+    pub port: u16,
+    pub to: std::net::SocketAddr,
+    pub datagram: bytes::Bytes,
+}
+
+/// One block made durable by [`ingest`], for observers that measure the
+/// path (`raven-agent store load`).
+pub struct Durable {
+    pub stream: Stream,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Capture time of each record of the block.
+    pub captured: Vec<SystemTime>,
+    /// When the append returned.
+    pub at: SystemTime,
+}
+
+/// Decodes a group (one metrics event) and splits it by stream.
+pub fn decode_for_store(decoder: &Decoder, batch: Batch) -> DecodedGroup {
+    let decoded = decoder.decode_batch(&batch);
+    let mut group = DecodedGroup { records: BTreeMap::new(), replies: BTreeMap::new() };
+    for (record, decoded) in batch.into_iter().zip(decoded) {
+        let (fields, parse_error) = crate::decode::stored_form(decoded.as_ref());
+        if let Some(datagram) = decoded.and_then(|d| d.reply) {
+            group.replies.entry(record.stream).or_default().push(Reply {
+                port: record.dst_port,
+                to: record.src,
+                datagram,
+            });
+        }
+        group.records.entry(record.stream).or_default().push(NewRecord {
+            record,
+            decoded: fields,
+            parse_error,
+        });
+    }
+    group
+}
+
+/// The stage after capture: decode, store each group durably per stream
 /// in arrival order, then answer what waits for durability (SNMP informs:
-/// the sender hears back only once its trap cannot be lost). A batch the
-/// store cannot take is counted as dropped with the store's reason.
-async fn ingest(
+/// the sender hears back only once its trap cannot be lost). Decoding the
+/// next group overlaps storing the last (compress, write, `fdatasync`),
+/// so the two use both cores. Returns once `rx` closes and everything
+/// received is stored. `report` hears of every durable block.
+pub async fn ingest(
     mut rx: mpsc::Receiver<Batch>,
     store: Store,
     decoder: Arc<Decoder>,
     replies: ReplySockets,
+    report: Option<std::sync::mpsc::Sender<Durable>>,
 ) {
+    // One group decoded ahead: memory stays bounded and back-pressure
+    // reaches the capture channel.
+    let (decoded_tx, decoded_rx) = mpsc::channel(1);
+    let storing = tokio::spawn(store_groups(decoded_rx, store.clone(), replies, report));
     while let Some(mut batch) = rx.recv().await {
-        // Group commit: one block (one write, one fdatasync) for what
-        // arrives within the flush interval, bounded in records. Batches
-        // keep queueing while a block is being synced, so under load the
-        // blocks grow by themselves.
+        // Group commit: one block (one write, one fdatasync) per stream for
+        // what arrives within the flush interval, bounded in records.
+        // Batches keep queueing while a group is being stored, so under
+        // load the blocks grow by themselves.
         let flush = store.flush_policy();
         let deadline = tokio::time::Instant::now() + flush.interval;
         while batch.len() < flush.max_records {
@@ -71,36 +127,55 @@ async fn ingest(
                 Ok(None) | Err(_) => break,
             }
         }
-        let (store, decoder, replies) = (store.clone(), decoder.clone(), replies.clone());
-        let stored = tokio::task::spawn_blocking(move || {
-            let decoded = decoder.decode_batch(&batch);
-            let mut by_stream: BTreeMap<Stream, Vec<NewRecord>> = BTreeMap::new();
-            let mut waiting: BTreeMap<Stream, Vec<(u16, std::net::SocketAddr, bytes::Bytes)>> =
-                BTreeMap::new();
-            for (record, decoded) in batch.into_iter().zip(decoded) {
-                let (fields, parse_error) = crate::decode::stored_form(decoded.as_ref());
-                let reply = decoded.and_then(|d| d.reply);
-                if let Some(reply) = reply {
-                    waiting.entry(record.stream).or_default().push((
-                        record.dst_port,
-                        record.src,
-                        reply,
-                    ));
+        let decoder = decoder.clone();
+        match tokio::task::spawn_blocking(move || decode_for_store(&decoder, batch)).await {
+            Ok(group) => {
+                if decoded_tx.send(group).await.is_err() {
+                    break;
                 }
-                by_stream.entry(record.stream).or_default().push(NewRecord {
-                    record,
-                    decoded: fields,
-                    parse_error,
-                });
             }
-            for (stream, records) in by_stream {
+            Err(e) => tracing::error!(error = %e, "the decode task failed"),
+        }
+    }
+    drop(decoded_tx);
+    if let Err(e) = storing.await {
+        tracing::error!(error = %e, "the store task failed");
+    }
+}
+
+/// Appends decoded groups in order. A group the store cannot take is
+/// counted as dropped with the store's reason.
+async fn store_groups(
+    mut rx: mpsc::Receiver<DecodedGroup>,
+    store: Store,
+    replies: ReplySockets,
+    report: Option<std::sync::mpsc::Sender<Durable>>,
+) {
+    while let Some(group) = rx.recv().await {
+        let (store, replies, report) = (store.clone(), replies.clone(), report.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            let DecodedGroup { records, replies: mut waiting } = group;
+            for (stream, records) in records {
                 let count = records.len() as u64;
+                let captured: Vec<SystemTime> = match &report {
+                    Some(_) => records.iter().map(|r| r.record.captured_at).collect(),
+                    None => Vec::new(),
+                };
                 match store.append(stream, records) {
-                    Ok(_) => {
-                        for (port, to, reply) in waiting.remove(&stream).unwrap_or_default() {
-                            if let Err(e) = replies.send(port, to, &reply) {
-                                tracing::warn!(%stream, exporter = %to, port, error = %e,
-                                    reason = "reply_failed", "cannot answer an inform");
+                    Ok(appended) => {
+                        if let Some(report) = &report {
+                            let _ = report.send(Durable {
+                                stream,
+                                first_seq: appended.first_seq,
+                                last_seq: appended.last_seq,
+                                captured,
+                                at: SystemTime::now(),
+                            });
+                        }
+                        for reply in waiting.remove(&stream).unwrap_or_default() {
+                            if let Err(e) = replies.send(reply.port, reply.to, &reply.datagram) {
+                                tracing::warn!(%stream, exporter = %reply.to, port = reply.port,
+                                    error = %e, reason = "reply_failed", "cannot answer an inform");
                             }
                         }
                     }
@@ -358,7 +433,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
     })?;
     let (tx, rx) = mpsc::channel(256);
     let engine = CaptureEngine::start(&config.capture, tx).await?;
-    let consumer = tokio::spawn(ingest(rx, store.clone(), decoder.clone(), engine.replies()));
+    let consumer = tokio::spawn(ingest(rx, store.clone(), decoder.clone(), engine.replies(), None));
     if !config.service.user.is_empty() {
         let kept = privilege::drop_to_user(&config.service.user, &[store.data_dir()])?;
         tracing::info!(user = %config.service.user, ?kept, "dropped privileges");
