@@ -28,6 +28,7 @@
 //! cursors, [`Store::cleanup`] (retention), [`Store::status`].
 
 pub mod cli;
+pub mod fields;
 pub mod index;
 pub mod load;
 pub mod segment;
@@ -703,6 +704,7 @@ impl Store {
             len: (block.len() as u64 - segment::BLOCK_HEADER_LEN) as u32,
             first_seq,
             records: records.len() as u32,
+            version: segment::VERSION,
         });
         state.next_seq.insert(stream, last_seq + 1);
         state.degraded.remove("write_failed");
@@ -746,7 +748,7 @@ impl Store {
             .read(true)
             .open(&path)
             .map_err(io_error)?;
-        segment::write_header(&mut file, stream, codec, now).map_err(io_error)?;
+        segment::write_header(&mut file, segment::VERSION, stream, codec, now).map_err(io_error)?;
         file.sync_all().map_err(io_error)?;
         sync_dir(&dir).map_err(io_error)?;
         if let Some(parent) = dir.parent() {
