@@ -113,7 +113,7 @@ impl Codec {
         }
     }
 
-    fn compress(self, frame: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    pub(crate) fn compress(self, frame: &[u8], level: u32) -> io::Result<Vec<u8>> {
         match self {
             Codec::Gzip => {
                 let mut encoder = GzEncoder::new(Vec::new(), Compression::new(level));
@@ -633,11 +633,8 @@ fn decode_frame_v2(
     let mut fields = Fields::default();
     let mut out = Vec::with_capacity(n);
     for (i, payload) in payloads.into_iter().enumerate() {
-        let decoded = if decoded[i].is_empty() {
-            None
-        } else {
-            Some(fields.decode(&decoded[i], &payload)?)
-        };
+        let decoded =
+            if decoded[i].is_empty() { None } else { Some(fields.decode(&decoded[i], &payload)?) };
         out.push(StoredRecord {
             seq: first_seq + i as u64,
             record: Record {

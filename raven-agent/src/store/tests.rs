@@ -59,7 +59,9 @@ fn texts(records: &[StoredRecord]) -> Vec<String> {
 #[test]
 fn appends_read_back_in_order_across_sealed_segments_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&config(dir.path())).unwrap();
+    // Small enough that these 20 blocks (about 150 bytes each) fill several.
+    let store =
+        Store::open(&StoreConfig { segment_max_bytes: 1024, ..config(dir.path()) }).unwrap();
     let mut expected = Vec::new();
     for b in 0..20 {
         let records = batch(b * 10, 10);
@@ -410,4 +412,227 @@ fn reopening_while_another_thread_forks_is_not_busy() {
     stop.store(true, Ordering::Relaxed);
     forker.join().unwrap();
     assert!(failures.is_empty(), "{} reopenings failed: {:?}", failures.len(), failures.first());
+}
+
+/// Every shared payload of `stream` as the pipeline hands it to the store:
+/// decoded by the real decoder, in capture order, with the metadata
+/// varied the way capture varies it.
+fn shared_records(stream: Stream) -> Vec<NewRecord> {
+    let decoder = crate::decode::Decoder::new(&crate::config::DecodeConfig::default());
+    crate::decode::samples::testing::of(stream)
+        .into_iter()
+        .enumerate()
+        .map(|(i, sample)| {
+            let mut record = sample.record();
+            record.ifindex = (i % 3) as u32;
+            record.truncated = i % 7 == 0;
+            record.wire_len += (i % 5) as u32;
+            record.via = [crate::record::Via::Xdp, crate::record::Via::Socket][i % 2];
+            let (decoded, parse_error) =
+                crate::decode::stored_form(decoder.decode(&record).0.as_ref());
+            NewRecord { record, decoded, parse_error }
+        })
+        .collect()
+}
+
+/// Writes `blocks` into a version-1 segment file with the old writer, where
+/// an older Raven would have left it.
+fn write_v1_segment(
+    dir: &Path,
+    stream: Stream,
+    first_seq: u64,
+    blocks: &[&[NewRecord]],
+) -> PathBuf {
+    let day = dir.join("segments").join(stream.name()).join("20261128");
+    std::fs::create_dir_all(&day).unwrap();
+    let path = day.join(format!("{first_seq:020}.seg"));
+    let mut file = File::create(&path).unwrap();
+    segment::write_header(&mut file, 1, stream, segment::Codec::Gzip, SystemTime::now()).unwrap();
+    let mut seq = first_seq;
+    for records in blocks {
+        let block = segment::encode_block_v1(seq, records, segment::Codec::Gzip, 6).unwrap();
+        file.write_all(&block).unwrap();
+        seq += records.len() as u64;
+    }
+    path
+}
+
+fn cat(records: &[StoredRecord]) -> Vec<String> {
+    records.iter().map(|r| cli::to_json(r).to_string()).collect()
+}
+
+#[test]
+fn version_1_segments_of_an_older_raven_read_back_like_version_2() {
+    for stream in Stream::ALL.into_iter().filter(|s| *s != Stream::Windows) {
+        let records = shared_records(stream);
+        // Written by this Raven (version 2), several blocks.
+        let new = tempfile::tempdir().unwrap();
+        let mut big = config(new.path());
+        big.segment_max_bytes = 1 << 20;
+        let store = Store::open(&big).unwrap();
+        for chunk in records.chunks(17) {
+            store.append(stream, chunk.to_vec()).unwrap();
+        }
+        let v2 = store.read(stream, 0, usize::MAX).unwrap();
+        drop(store);
+        // What went in comes out, field for field.
+        assert_eq!(v2.len(), records.len());
+        for (i, (got, put)) in v2.iter().zip(&records).enumerate() {
+            assert_eq!(got.seq, i as u64);
+            assert_eq!(got.record, put.record, "{stream} record {i}");
+            assert_eq!(got.decoded, put.decoded.clone().filter(|d| !d.is_empty()), "{stream} {i}");
+            assert_eq!(got.parse_error, put.parse_error, "{stream} record {i}");
+        }
+        // The same records in a version-1 segment from the old writer: found
+        // at start-up (a file the index does not know), indexed, read.
+        let old = tempfile::tempdir().unwrap();
+        let chunks: Vec<&[NewRecord]> = records.chunks(17).collect();
+        write_v1_segment(old.path(), stream, 0, &chunks);
+        let store = Store::open(&config(old.path())).unwrap();
+        let v1 = store.read(stream, 0, usize::MAX).unwrap();
+        assert_eq!(v1, v2, "{stream}: version 1 and 2 hold the same records");
+        assert_eq!(cat(&v1), cat(&v2), "{stream}: `segments cat` prints the same");
+        let rows = store.segments(Some(stream)).unwrap();
+        assert_eq!(rows.iter().map(|r| r.records).sum::<u64>(), records.len() as u64);
+        // Time ranges and exporters come from the summaries of either version.
+        let first = &records[records.len() / 2].record;
+        let range = store
+            .read_range(Some(stream), first.captured_at, first.captured_at, Some(first.src.ip()))
+            .unwrap();
+        assert!(range.iter().any(|r| r.record == *first));
+        // Appending after the upgrade goes to a new, version-2 segment.
+        store.append(stream, records[..3].to_vec()).unwrap();
+        let rows = store.segments(Some(stream)).unwrap();
+        assert_eq!(rows.len(), 2);
+        let mut file = File::open(old.path().join(&rows[1].path)).unwrap();
+        assert_eq!(segment::read_header(&mut file).unwrap().version, segment::VERSION);
+        let all = store.read(stream, 0, usize::MAX).unwrap();
+        assert_eq!(all.len(), records.len() + 3);
+        assert_eq!(all[records.len()].record, records[0].record);
+    }
+}
+
+#[test]
+fn damage_in_version_1_segments_is_repaired_as_before() {
+    let records = shared_records(Stream::Syslog);
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<&[NewRecord]> = records.chunks(10).collect();
+    let path = write_v1_segment(dir.path(), Stream::Syslog, 0, &chunks);
+    let scan = segment::scan(&path, true).unwrap();
+    assert_eq!((scan.version, scan.blocks.len(), scan.torn_tail), (1, chunks.len(), false));
+    // A torn tail: the last block's write did not finish.
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
+    let store = Store::open(&config(dir.path())).unwrap();
+    let kept = store.read(Stream::Syslog, 0, usize::MAX).unwrap();
+    let expected = records.len() - chunks.last().unwrap().len();
+    assert_eq!(kept.len(), expected, "all but the torn block");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), scan.blocks.last().unwrap().offset);
+    drop(store);
+    // A flipped byte with blocks after it: quarantined.
+    let other = write_v1_segment(
+        dir.path(),
+        Stream::Snmp,
+        0,
+        &[&shared_records(Stream::Snmp)[..4], &shared_records(Stream::Snmp)[4..8]],
+    );
+    let mut file = OpenOptions::new().read(true).write(true).open(&other).unwrap();
+    file.seek(SeekFrom::Start(segment::HEADER_LEN + 30)).unwrap();
+    file.write_all(b"\xff\xff").unwrap();
+    drop(file);
+    let store = Store::open(&config(dir.path())).unwrap();
+    assert!(store.read(Stream::Snmp, 0, 100).unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 1);
+    assert_eq!(store.read(Stream::Syslog, 0, usize::MAX).unwrap().len(), expected);
+}
+
+#[test]
+fn a_newer_segment_version_is_quarantined_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_v1_segment(dir.path(), Stream::Syslog, 0, &[&batch(0, 3)]);
+    let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(SeekFrom::Start(8)).unwrap();
+    file.write_all(&(segment::VERSION + 1).to_le_bytes()).unwrap();
+    drop(file);
+    let store = Store::open(&config(dir.path())).unwrap();
+    assert!(store.read(Stream::Syslog, 0, 100).unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 1);
+}
+
+#[test]
+fn version_2_blocks_are_smaller_on_the_shared_syslog_lines() {
+    // The bytes a block of the real syslog lines takes in each layout: the
+    // columns and the payload references must pay for themselves.
+    let records = shared_records(Stream::Syslog);
+    for (codec, level) in [(segment::Codec::Gzip, 6), (segment::Codec::Zstd, 3)] {
+        let v1 = segment::encode_block_v1(0, &records, codec, level).unwrap().len();
+        let (v2, _) = segment::encode_block(0, &records, codec, level).unwrap();
+        assert!(
+            (v2.len() as f64) < v1 as f64 * 0.9,
+            "{codec:?}: version 2 {} bytes, version 1 {v1} bytes",
+            v2.len()
+        );
+    }
+}
+
+#[test]
+fn damaged_version_2_frames_are_errors_never_panics() {
+    let records = shared_records(Stream::Syslog);
+    let (block, _) = segment::encode_block(5, &records[..20], segment::Codec::Gzip, 6).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.seg");
+    let mut file = File::create(&path).unwrap();
+    segment::write_header(&mut file, 2, Stream::Syslog, segment::Codec::Gzip, SystemTime::now())
+        .unwrap();
+    file.write_all(&block).unwrap();
+    drop(file);
+    let meta = segment::scan(&path, true).unwrap().blocks[0];
+    let mut file = File::open(&path).unwrap();
+    let good = segment::read_block(&mut file, &meta, Stream::Syslog, segment::Codec::Gzip).unwrap();
+    assert_eq!(good.len(), 20);
+    assert_eq!(good[0].seq, 5);
+    // Frames that pass the CRC but lie: every prefix of the real frame,
+    // and bytes changed, re-compressed and re-sealed.
+    let frame = {
+        let mut d = flate2::read::GzDecoder::new(&block[segment::BLOCK_HEADER_LEN as usize..]);
+        let mut f = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut f).unwrap();
+        f
+    };
+    let mut variants: Vec<(Vec<u8>, u32)> =
+        (0..frame.len()).step_by(7).map(|cut| (frame[..cut].to_vec(), 20)).collect();
+    for i in (0..frame.len()).step_by(3) {
+        for b in [0x00, 0x7f, 0xff] {
+            let mut bad = frame.clone();
+            bad[i] = b;
+            variants.push((bad, 20));
+        }
+    }
+    variants.push((frame.clone(), 21));
+    variants.push((frame.clone(), u32::MAX));
+    for (bad, records) in variants {
+        let data = segment::Codec::Gzip.compress(&bad, 6).unwrap();
+        let mut sealed = Vec::new();
+        sealed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        sealed.extend_from_slice(&[0; 4]);
+        sealed.extend_from_slice(&5u64.to_le_bytes());
+        sealed.extend_from_slice(&records.to_le_bytes());
+        sealed.extend_from_slice(&data);
+        let crc = crc32c::crc32c(&sealed[8..]);
+        sealed[4..8].copy_from_slice(&crc.to_le_bytes());
+        let mut file = File::create(&path).unwrap();
+        segment::write_header(
+            &mut file,
+            2,
+            Stream::Syslog,
+            segment::Codec::Gzip,
+            SystemTime::now(),
+        )
+        .unwrap();
+        file.write_all(&sealed).unwrap();
+        drop(file);
+        let meta = segment::BlockMeta { len: data.len() as u32, records, ..meta };
+        let mut file = File::open(&path).unwrap();
+        let _ = segment::read_block(&mut file, &meta, Stream::Syslog, segment::Codec::Gzip);
+    }
 }
