@@ -404,10 +404,12 @@ pub fn today() -> String {
 /// 1. throughput: synthetic RFC 3164 lines (about 50 bytes, a counter the
 ///    only change) at several batch sizes, one block per batch;
 /// 2. bytes per record per stream on the shared captures' real datagrams,
-///    each stored once (no repetition to flatter compression), for gzip and
-///    zstd at several levels, with the records/s of the same mix looped;
-///    the peer is `gzip -6` / `zstd -3` of the bare payloads of the same
-///    stream concatenated (what archiving the raw datagrams alone costs);
+///    each stored once with its own capture time (no repetition to flatter
+///    compression), for gzip and zstd at several levels, with the
+///    records/s of the same mix looped; the peer is `gzip -6` / `zstd -3`
+///    of the bare payloads of the same stream concatenated (what archiving
+///    the raw datagrams alone costs); then the same for single senders of
+///    syslog (see [`single_sources`]);
 /// 3. capture→durable latency at a paced 100 k records/s with group commit.
 pub fn store(records: u64) -> anyhow::Result<()> {
     crate::build_ebpf()?;
@@ -451,7 +453,7 @@ pub fn store(records: u64) -> anyhow::Result<()> {
          looped 200 000 times\n",
         captures.len()
     );
-    let payload_peer = peer_sizes(&agent, &captures)?;
+    let payload_peer = peer_sizes(&agent, &captures, None, None)?;
     println!(
         "| codec | level | records/s (mix) | stream | records | payload bytes/record | stored bytes/record | raw payloads, gzip -6 / zstd -3 (bytes/record) | stored vs gzip'd payloads |"
     );
@@ -462,7 +464,17 @@ pub fn store(records: u64) -> anyhow::Result<()> {
         let level = level.to_string();
         let dir = tempdir()?.join(format!("store-{codec}-{level}"));
         let distinct = distinct.to_string();
-        let args = ["--records", &distinct, "--batch", "1000", "--codec", codec, "--level", &level];
+        let args = [
+            "--records",
+            &distinct,
+            "--batch",
+            "1000",
+            "--codec",
+            codec,
+            "--level",
+            &level,
+            "--capture-times",
+        ];
         load_captures(&agent, &dir, &args, &captures)?;
         let stats = segment_stats(&agent, &dir)?;
         let _ = fs::remove_dir_all(&dir);
@@ -483,6 +495,8 @@ pub fn store(records: u64) -> anyhow::Result<()> {
             );
         }
     }
+
+    single_sources(&agent)?;
 
     println!(
         "\nCapture→durable latency, synthetic syslog paced at 100 000 records/s for 10 s, group commit as configured by default (store.flush_interval_ms = 10)\n"
@@ -520,6 +534,90 @@ pub fn store(records: u64) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Bytes per record of syslog from one sender: the two largest single
+/// senders of nDPI's syslog.pcap (real traffic, each stored once with its
+/// capture times), and the storage array's lines looped to a full block of
+/// 1000 with fresh times (exact repeats: a best case, not a forecast).
+fn single_sources(agent: &Path) -> anyhow::Result<()> {
+    let capture = workspace_root().join("../shared/data/nDPI/tests/cfgs/default/pcap/syslog.pcap");
+    let capture = [capture];
+    println!(
+        "\nSingle-sender syslog streams from nDPI's syslog.pcap (blocks of up to 1000 records)\n"
+    );
+    println!(
+        "| sender | stored | codec | records | payload bytes/record | stored bytes/record | raw payloads, gzip -6 / zstd -3 (bytes/record) | stored vs gzip'd payloads |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let senders = [
+        ("172.20.51.54", "a storage array (Compellent), 15 lines"),
+        ("172.26.229.190", "a Linux host's snmpd, 20 lines"),
+    ];
+    for (ip, what) in senders {
+        // Each datagram once, with its capture time; the storage array's
+        // also looped to a full block.
+        let runs: &[(&str, Option<u64>)] = if ip == "172.20.51.54" {
+            &[("each once", None), ("looped, fresh times", Some(1000))]
+        } else {
+            &[("each once", None)]
+        };
+        for &(label, looped) in runs {
+            for (codec, level) in [("gzip", "6"), ("zstd", "3")] {
+                let dir = tempdir()?.join(format!("store-single-{ip}-{codec}-{label}"));
+                let peer = peer_sizes(agent, &capture, Some(ip.parse()?), looped)?;
+                let (_, payload, gz, zst) = peer
+                    .into_iter()
+                    .find(|p| p.0 == "syslog")
+                    .context("no syslog from the sender")?;
+                let count = match looped {
+                    Some(n) => n,
+                    None => count_from(agent, &capture, ip)?,
+                }
+                .to_string();
+                let mut args = vec![
+                    "--records",
+                    &count,
+                    "--batch",
+                    "1000",
+                    "--codec",
+                    codec,
+                    "--level",
+                    level,
+                    "--source",
+                    ip,
+                ];
+                if looped.is_none() {
+                    args.push("--capture-times");
+                }
+                load_captures(agent, &dir, &args, &capture)?;
+                let stats = segment_stats(agent, &dir)?;
+                let _ = fs::remove_dir_all(&dir);
+                let (_, n, _, stored) =
+                    stats.iter().find(|s| s.0 == "syslog").context("no syslog stored")?;
+                let per = *stored as f64 / *n as f64;
+                println!(
+                    "| {ip}: {what} | {label} | {codec} {level} | {n} | {payload:.0} | {per:.1} | {gz:.1} / {zst:.1} | {:.2}× |",
+                    per / gz.max(0.001)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many datagrams of `captures` come from `ip`.
+fn count_from(agent: &Path, captures: &[PathBuf], ip: &str) -> anyhow::Result<u64> {
+    let ip: std::net::IpAddr = ip.parse()?;
+    let out = Command::new(agent).arg("decode").args(captures).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["src"].as_str().and_then(|s| s.parse::<std::net::SocketAddr>().ok()).map(|a| a.ip())
+                == Some(ip)
+        })
+        .count() as u64)
 }
 
 /// `raven-agent store --data-dir DIR load ARGS`; returns its stdout.
@@ -580,26 +678,36 @@ fn count_datagrams(agent: &Path, captures: &[PathBuf]) -> anyhow::Result<u64> {
 }
 
 /// Per stream: (stream, mean payload bytes, gzip -6 bytes/record, zstd -3
-/// bytes/record) of the bare payloads concatenated.
-fn peer_sizes(agent: &Path, captures: &[PathBuf]) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
+/// bytes/record) of the bare payloads concatenated — of one sender's only,
+/// with `source`; cycled to `cycle_to` records as a looped load stores them.
+fn peer_sizes(
+    agent: &Path,
+    captures: &[PathBuf],
+    source: Option<std::net::IpAddr>,
+    cycle_to: Option<u64>,
+) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
     use base64::Engine;
     let out = Command::new(agent).arg("decode").args(captures).output()?;
-    let mut per: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
-    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut per: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let stream = v["stream"].as_str().unwrap_or("?").to_string();
+        let src: Option<std::net::SocketAddr> = v["src"].as_str().and_then(|s| s.parse().ok());
+        if source.is_some_and(|ip| src.is_none_or(|src| src.ip() != ip)) {
+            continue;
+        }
         let payload = match (v["payload"].as_str(), v["payload_b64"].as_str()) {
             (Some(text), _) => [text.as_bytes(), b"\n"].concat(),
             (None, Some(b64)) => base64::engine::general_purpose::STANDARD.decode(b64)?,
             _ => continue,
         };
-        per.entry(stream.clone()).or_default().extend(payload);
-        *counts.entry(stream).or_default() += 1;
+        per.entry(stream).or_default().push(payload);
     }
     let mut rows = Vec::new();
-    for (stream, bytes) in per {
-        let n = counts[&stream] as f64;
+    for (stream, payloads) in per {
+        let n = cycle_to.unwrap_or(payloads.len() as u64);
+        let bytes: Vec<u8> = payloads.iter().cycle().take(n as usize).flatten().copied().collect();
+        let n = n as f64;
         let compressed = |cmd: &str, level: &str| -> anyhow::Result<f64> {
             let mut child = Command::new(cmd)
                 .args([level, "-c"])

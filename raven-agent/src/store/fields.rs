@@ -138,7 +138,7 @@ impl<'a> Reader<'a> {
     /// A varint used as a length or count: at most the bytes left (every
     /// counted item takes at least one byte), so nothing is sized beyond
     /// the frame.
-    pub fn len(&mut self) -> Result<usize, String> {
+    pub fn length(&mut self) -> Result<usize, String> {
         let v = self.u64()?;
         if v > self.rest.len() as u64 {
             return Err(format!("length {v} past the end of the frame"));
@@ -369,7 +369,7 @@ impl Fields {
         json: &mut Vec<u8>,
         depth: usize,
     ) -> Result<(), String> {
-        let n = r.len()?;
+        let n = r.length()?;
         json.push(b'{');
         for i in 0..n {
             if i > 0 {
@@ -377,7 +377,7 @@ impl Fields {
             }
             let k = r.u64()?;
             let key = if k == 0 {
-                let len = r.len()?;
+                let len = r.length()?;
                 let key = std::str::from_utf8(r.bytes(len)?).map_err(|_| "key is not UTF-8")?;
                 self.keys.names.push(key.to_owned());
                 self.keys.names.len() - 1
@@ -412,7 +412,7 @@ impl Fields {
             UNSIGNED => write!(json, "{}", r.u64()?).expect("writing to a Vec"),
             SIGNED => write!(json, "{}", r.i64()?).expect("writing to a Vec"),
             STRING => {
-                let n = r.len()?;
+                let n = r.length()?;
                 json.push(b'"');
                 json.extend_from_slice(r.bytes(n)?);
                 json.push(b'"');
@@ -434,7 +434,7 @@ impl Fields {
                 serde_json::to_writer(&mut *json, s).map_err(|e| e.to_string())?;
             }
             ARRAY => {
-                let n = r.len()?;
+                let n = r.length()?;
                 json.push(b'[');
                 for i in 0..n {
                     if i > 0 {
@@ -446,7 +446,7 @@ impl Fields {
             }
             OBJECT => self.read_object(r, payload, json, depth)?,
             TEXT => {
-                let n = r.len()?;
+                let n = r.length()?;
                 json.extend_from_slice(r.bytes(n)?);
             }
             tag => return Err(format!("unknown value tag {tag}")),

@@ -13,10 +13,12 @@
 //!
 //! Sources: synthetic RFC 3164 lines (a counter being the only change), or
 //! the UDP datagrams of capture files (`--captures`, streams by
-//! destination port), cycled with fresh capture times. Pacing: as fast as
-//! the store takes batches of `--batch` (decode, then append, on one
-//! thread: the store's own rate), or `--rate` records per second from a
-//! generator thread into the agent's own ingest stage
+//! destination port; `--source` keeps one sender's), cycled with fresh
+//! capture times — or, with `--capture-times`, each stored with the time it
+//! was captured (real gaps between records, for bytes-per-record runs).
+//! Pacing: as fast as the store takes batches of `--batch` (decode, then
+//! append, on one thread: the store's own rate), or `--rate` records per
+//! second from a generator thread into the agent's own ingest stage
 //! ([`crate::pipeline::ingest`]: group commit by `store.flush_interval_ms`,
 //! decoding overlapped with storing), which is what the latency figures
 //! mean: capture time to durable.
@@ -59,6 +61,13 @@ pub struct LoadArgs {
     /// syslog lines.
     #[arg(long, num_args = 1..)]
     captures: Vec<PathBuf>,
+    /// Only the datagrams these captures hold from this sender address.
+    #[arg(long, requires = "captures")]
+    source: Option<std::net::IpAddr>,
+    /// Keep each datagram's own capture time instead of stamping it now
+    /// (latencies then mean nothing).
+    #[arg(long, requires = "captures")]
+    capture_times: bool,
     /// Print the JSON summary (throughput, latency percentiles, failures)
     /// instead of the acknowledged ranges; without it, the summary is the
     /// last line on stderr.
@@ -80,7 +89,10 @@ fn synthetic(n: u64) -> Record {
     }
 }
 
-fn capture_source(paths: &[PathBuf]) -> anyhow::Result<Vec<Record>> {
+fn capture_source(
+    paths: &[PathBuf],
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<Vec<Record>> {
     let ports = crate::decode::cli::port_map(&[]);
     let mut out = Vec::new();
     for path in paths {
@@ -90,8 +102,9 @@ fn capture_source(paths: &[PathBuf]) -> anyhow::Result<Vec<Record>> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
         );
     }
+    out.retain(|r| source.is_none_or(|ip| r.src.ip() == ip));
     if out.is_empty() && !paths.is_empty() {
-        bail!("the captures hold no datagram of a known stream");
+        bail!("the captures hold no datagram of a known stream (from that source)");
     }
     Ok(out)
 }
@@ -99,6 +112,7 @@ fn capture_source(paths: &[PathBuf]) -> anyhow::Result<Vec<Record>> {
 /// The n-th record of the load, captured now.
 struct Source {
     captures: Vec<Record>,
+    capture_times: bool,
 }
 
 impl Source {
@@ -107,7 +121,9 @@ impl Source {
             return synthetic(n);
         }
         let mut record = self.captures[(n % self.captures.len() as u64) as usize].clone();
-        record.captured_at = SystemTime::now();
+        if !self.capture_times {
+            record.captured_at = SystemTime::now();
+        }
         record
     }
 }
@@ -195,7 +211,10 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
     }
     let store = Store::open(&config)?;
     let decoder = Decoder::new(&DecodeConfig::default());
-    let source = Source { captures: capture_source(&args.captures)? };
+    let source = Source {
+        captures: capture_source(&args.captures, args.source)?,
+        capture_times: args.capture_times,
+    };
     let mut out = io::stdout().lock();
     let mut latencies = Vec::with_capacity(args.records.min(10_000_000) as usize);
     let started = Instant::now();

@@ -576,7 +576,7 @@ fn decode_frame_v2(
         t = t.wrapping_add(r.i64()? as u64);
         captured.push(t);
     }
-    let k = r.len()?;
+    let k = r.length()?;
     let mut sources = Vec::new();
     for _ in 0..k {
         sources.push(unmapped(r.bytes(16)?.try_into().expect("16 bytes")));
