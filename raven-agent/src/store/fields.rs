@@ -10,43 +10,42 @@
 //!   place there, not again: syslog's message, hostname and app name are
 //!   slices of the datagram, so the block holds them once.
 //! - Keys are written once per block, then referred to by number.
-//! - Cheap: the JSON is split with `serde_json`'s borrowing parser (no
-//!   value tree, no copies of strings) and rebuilt by concatenation.
+//! - One pass: `serde_json` parses the text once into a tree that borrows
+//!   its strings; the text is rebuilt by `serde_json`'s own formatting.
 //! - Reading never trusts a count or length beyond the bytes present;
-//!   nesting is bounded ([`MAX_DEPTH`]).
+//!   nesting is bounded ([`MAX_DEPTH`], as deep as `serde_json` parses).
 //!
-//! Format (integers are LEB128 varints):
+//! Format (integers are LEB128 varints, signed ones zigzag):
 //!
 //! ```text
 //! fields  0x00 json-bytes-to-the-end   verbatim
 //!       | 0x01 object                  compact (the JSON is an object)
 //! value   0x00 null | 0x01 false | 0x02 true
-//!       | 0x03 u | 0x04 zigzag i        an integer written as serde_json writes it
-//!       | 0x06 len bytes               a string without escapes: "bytes"
+//!       | 0x03 u64 | 0x04 i64 | 0x05 f64 (8 bytes LE)   numbers as serde_json holds them
+//!       | 0x06 len bytes               a string without escapes
 //!       | 0x07 offset len              such a string: payload[offset..offset+len]
-//!       | 0x0b offset len              a string with escapes, payload[offset..offset+len]
-//!                                      escaped as serde_json escapes
-//!       | 0x08 n value*n               an array: [value,value,...]
+//!       | 0x0a len bytes               a string with escapes, unescaped
+//!       | 0x0b offset len              such a string, unescaped: payload[offset..offset+len]
+//!       | 0x08 n value*n               an array
 //!       | 0x09 object                  an object
-//!       | 0x0a len bytes               any other JSON value, as its text
-//! object  n (key value)*n              {"key":value,...}
-//! key     0 len bytes                  a new key, appended to the block's key table
+//! object  n (key value)*n              in the order written
+//! key     0 len bytes                  a new key (its JSON text between the quotes),
+//!                                      appended to the block's key table
 //!       | k (k >= 1)                   the block's key table entry k-1
 //! ```
 //!
 //! The key table lives as long as one block: the records of a block are
 //! encoded and decoded in order with one [`Fields`].
 
-use std::{collections::HashMap, fmt, io::Write};
+use std::{collections::HashMap, fmt};
 
 use bytes::Bytes;
 use integer_encoding::VarInt;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
-/// Deeper values are refused on read; on write, values nested deeper are
-/// kept as text.
-pub const MAX_DEPTH: usize = 32;
+/// Deeper values are refused on read, and records holding them are kept
+/// verbatim (`serde_json` itself parses at most 128 levels).
+pub const MAX_DEPTH: usize = 128;
 /// Shorter strings are written out: a reference would not be smaller.
 const MIN_REFERENCE: usize = 4;
 
@@ -58,11 +57,12 @@ const FALSE: u8 = 1;
 const TRUE: u8 = 2;
 const UNSIGNED: u8 = 3;
 const SIGNED: u8 = 4;
+const FLOAT: u8 = 5;
 const STRING: u8 = 6;
 const IN_PAYLOAD: u8 = 7;
 const ARRAY: u8 = 8;
 const OBJECT: u8 = 9;
-const TEXT: u8 = 10;
+const ESCAPED: u8 = 10;
 const ESCAPED_IN_PAYLOAD: u8 = 11;
 
 pub fn put_u64(out: &mut Vec<u8>, v: u64) {
@@ -75,6 +75,12 @@ pub fn put_i64(out: &mut Vec<u8>, v: i64) {
     let mut buf = [0u8; 10];
     let n = v.encode_var(&mut buf);
     out.extend_from_slice(&buf[..n]);
+}
+
+fn put_bytes(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    put_u64(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
 }
 
 /// Where `needle` first occurs in `payload`. Most needles are short and
@@ -93,21 +99,6 @@ fn find(payload: &[u8], needle: &[u8]) -> Option<usize> {
         }
     }
     None
-}
-
-/// An integer as Rust (and serde_json) prints it: digits, an optional
-/// minus, no leading zeros, no "-0", no "+".
-fn canonical_integer(text: &str) -> bool {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits == "0" && digits.len() == text.len() || !digits.starts_with('0'))
-}
-
-fn put_bytes(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
-    out.push(tag);
-    put_u64(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
 }
 
 /// A cursor over bytes read from a file: every read is checked against
@@ -154,31 +145,106 @@ impl<'a> Reader<'a> {
         self.rest = rest;
         Ok(head)
     }
+
+    /// `payload[offset..offset+len]` for a string reference.
+    fn slice_of<'p>(&mut self, payload: &'p [u8]) -> Result<&'p str, String> {
+        let (offset, len) = (self.u64()?, self.u64()?);
+        let end = offset.checked_add(len).filter(|&e| e <= payload.len() as u64);
+        let end = end.ok_or("a string reference past the payload")?;
+        std::str::from_utf8(&payload[offset as usize..end as usize])
+            .map_err(|_| "a string reference that is not UTF-8".to_string())
+    }
 }
 
-/// An object's members in the order written, values as their JSON text:
-/// `serde_json` splits it without building values or copying strings.
-struct Members<'a>(Vec<(&'a str, &'a RawValue)>);
+/// A JSON value as `serde_json` reads it, strings borrowed from the text
+/// where they hold no escapes, objects in the order written.
+enum Node<'a> {
+    Null,
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Plain(&'a str),
+    Escaped(String),
+    Array(Vec<Node<'a>>),
+    Object(Vec<(Key<'a>, Node<'a>)>),
+}
 
-impl<'de> Deserialize<'de> for Members<'de> {
+/// An object key as it stands between its quotes in the JSON text.
+struct Key<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Each;
         impl<'de> Visitor<'de> for Each {
-            type Value = Members<'de>;
+            type Value = Key<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("an object key")
             }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry::<&'de str, &'de RawValue>()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                // Had escapes: written back as serde_json escapes it (the
+                // record's check catches any other spelling).
+                let quoted = serde_json::to_string(v).map_err(E::custom)?;
+                Ok(Key(quoted[1..quoted.len() - 1].to_owned().into()))
             }
         }
-        deserializer.deserialize_map(Each)
+        deserializer.deserialize_str(Each)
+    }
+}
+
+impl<'de> Deserialize<'de> for Node<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> Visitor<'de> for Each {
+            type Value = Node<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Node<'de>, E> {
+                Ok(Node::Null)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node<'de>, E> {
+                Ok(Node::Bool(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node<'de>, E> {
+                Ok(Node::Unsigned(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node<'de>, E> {
+                Ok(Node::Signed(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Node<'de>, E> {
+                Ok(Node::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Node<'de>, E> {
+                Ok(Node::Plain(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node<'de>, E> {
+                Ok(Node::Escaped(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Node<'de>, E> {
+                Ok(Node::Escaped(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node<'de>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<Key<'de>, Node<'de>>()? {
+                    members.push(member);
+                }
+                Ok(Node::Object(members))
+            }
+        }
+        deserializer.deserialize_any(Each)
     }
 }
 
@@ -221,12 +287,12 @@ impl Fields {
         let start = out.len();
         let keys = self.keys.names.len();
         out.push(COMPACT);
-        let compact = match std::str::from_utf8(json) {
-            Ok(text) if text.starts_with('{') => self.object(text, payload, out, 0),
+        let compact = match serde_json::from_slice::<Node<'_>>(json) {
+            Ok(Node::Object(members)) => self.object(&members, payload, out, 0),
             _ => false,
         };
         let mirror = self.mirror.get_or_insert_with(Default::default);
-        let back = compact && mirror.decode(&out[start..], payload).is_ok_and(|b| b == json);
+        let back = compact && mirror.check(&out[start..], payload, json);
         if !back {
             out.truncate(start);
             self.keys.truncate(keys);
@@ -236,15 +302,17 @@ impl Fields {
         }
     }
 
-    /// An object's members; false if `text` is not one this form can hold.
-    fn object(&mut self, text: &str, payload: &[u8], out: &mut Vec<u8>, depth: usize) -> bool {
-        // Borrowed keys: a key with escapes does not parse, and the object
-        // is kept as text by the caller (or the record verbatim).
-        let Ok(Members(members)) = serde_json::from_str::<Members<'_>>(text) else {
-            return false;
-        };
+    /// Writes an object's members; false if they nest too deep.
+    fn object(
+        &mut self,
+        members: &[(Key<'_>, Node<'_>)],
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> bool {
         put_u64(out, members.len() as u64);
-        for (key, value) in members {
+        for (Key(key), value) in members {
+            let key: &str = key;
             let hint = self.keys.next;
             let known = if self.keys.names.get(hint).is_some_and(|name| name == key) {
                 Some(hint as u64)
@@ -263,103 +331,104 @@ impl Fields {
                     self.keys.next = self.keys.names.len();
                 }
             }
-            self.value(value.get(), payload, out, depth + 1);
+            if !self.value(value, payload, out, depth + 1) {
+                return false;
+            }
         }
         true
     }
 
-    fn value(&mut self, text: &str, payload: &[u8], out: &mut Vec<u8>, depth: usize) {
-        let bytes = text.as_bytes();
-        match bytes.first() {
-            Some(b'"') if bytes.len() >= 2 && !bytes.contains(&b'\\') => {
-                let content = &bytes[1..bytes.len() - 1];
-                let at = (content.len() >= MIN_REFERENCE).then(|| find(payload, content)).flatten();
-                match at {
-                    Some(offset) => {
-                        out.push(IN_PAYLOAD);
-                        put_u64(out, offset as u64);
-                        put_u64(out, content.len() as u64);
-                    }
-                    None => put_bytes(out, STRING, content),
-                }
-            }
-            Some(b'{') if depth < MAX_DEPTH => {
-                let mark = out.len();
-                out.push(OBJECT);
-                if !self.object(text, payload, out, depth) {
-                    out.truncate(mark);
-                    put_bytes(out, TEXT, bytes);
-                }
-            }
-            Some(b'[') if depth < MAX_DEPTH => match serde_json::from_str::<Vec<&RawValue>>(text) {
-                Ok(items) => {
-                    out.push(ARRAY);
-                    put_u64(out, items.len() as u64);
-                    for item in items {
-                        self.value(item.get(), payload, out, depth + 1);
-                    }
-                }
-                Err(_) => put_bytes(out, TEXT, bytes),
-            },
-            // A string with escapes (a message with a newline or a quote):
-            // still found in the payload once unescaped. (Escapes other than
-            // serde_json's own do not come back: the record's check catches
-            // that, and it is kept verbatim.)
-            Some(b'"') => {
-                let at = serde_json::from_str::<String>(text)
-                    .ok()
-                    .and_then(|s| Some((find(payload, s.as_bytes())?, s.len())));
-                match at {
-                    Some((offset, len)) => {
-                        out.push(ESCAPED_IN_PAYLOAD);
-                        put_u64(out, offset as u64);
-                        put_u64(out, len as u64);
-                    }
-                    None => put_bytes(out, TEXT, bytes),
-                }
-            }
-            _ => match text {
-                "null" => out.push(NULL),
-                "false" => out.push(FALSE),
-                "true" => out.push(TRUE),
-                // Integers whose text is the number's own (no leading
-                // zeros, no "-0"); any other number stays text.
-                _ if canonical_integer(text) => match (text.parse::<u64>(), text.parse::<i64>()) {
-                    (Ok(u), _) => {
-                        out.push(UNSIGNED);
-                        put_u64(out, u);
-                    }
-                    (_, Ok(i)) => {
-                        out.push(SIGNED);
-                        put_i64(out, i);
-                    }
-                    _ => put_bytes(out, TEXT, bytes),
-                },
-                _ => put_bytes(out, TEXT, bytes),
-            },
+    fn value(&mut self, value: &Node<'_>, payload: &[u8], out: &mut Vec<u8>, depth: usize) -> bool {
+        if depth > MAX_DEPTH {
+            return false;
         }
+        let string = |out: &mut Vec<u8>, s: &str, literal: u8, reference: u8| {
+            let at = (s.len() >= MIN_REFERENCE).then(|| find(payload, s.as_bytes())).flatten();
+            match at {
+                Some(offset) => {
+                    out.push(reference);
+                    put_u64(out, offset as u64);
+                    put_u64(out, s.len() as u64);
+                }
+                None => put_bytes(out, literal, s.as_bytes()),
+            }
+        };
+        match value {
+            Node::Null => out.push(NULL),
+            Node::Bool(false) => out.push(FALSE),
+            Node::Bool(true) => out.push(TRUE),
+            Node::Unsigned(u) => {
+                out.push(UNSIGNED);
+                put_u64(out, *u);
+            }
+            Node::Signed(i) => {
+                out.push(SIGNED);
+                put_i64(out, *i);
+            }
+            Node::Float(f) => {
+                out.push(FLOAT);
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            Node::Plain(s) => string(out, s, STRING, IN_PAYLOAD),
+            // A message with a newline or a quote: still found in the
+            // payload once unescaped.
+            Node::Escaped(s) => string(out, s, ESCAPED, ESCAPED_IN_PAYLOAD),
+            Node::Array(items) => {
+                out.push(ARRAY);
+                put_u64(out, items.len() as u64);
+                for item in items {
+                    if !self.value(item, payload, out, depth + 1) {
+                        return false;
+                    }
+                }
+            }
+            Node::Object(members) => {
+                out.push(OBJECT);
+                return self.object(members, payload, out, depth);
+            }
+        }
+        true
+    }
+
+    /// Whether `stored` decodes to exactly `json` (keeping the key table
+    /// in step with the encoder's).
+    fn check(&mut self, stored: &[u8], payload: &[u8], json: &[u8]) -> bool {
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        let same = self.decode_into(stored, payload, &mut text).is_ok() && text == json;
+        self.scratch = text;
+        same
     }
 
     /// Reads back what [`Fields::encode`] wrote (all of `stored`).
     pub fn decode(&mut self, stored: &[u8], payload: &[u8]) -> Result<Bytes, String> {
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        let read = self.decode_into(stored, payload, &mut text);
+        let out = Bytes::copy_from_slice(&text);
+        self.scratch = text;
+        read.map(|()| out)
+    }
+
+    fn decode_into(
+        &mut self,
+        stored: &[u8],
+        payload: &[u8],
+        json: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let (&form, rest) = stored.split_first().ok_or("empty decoded fields")?;
         match form {
-            VERBATIM => Ok(Bytes::copy_from_slice(rest)),
+            VERBATIM => json.extend_from_slice(rest),
             COMPACT => {
                 let mut reader = Reader { rest };
-                let mut json = std::mem::take(&mut self.scratch);
-                json.clear();
-                let read = self.read_object(&mut reader, payload, &mut json, 0);
-                let out = Bytes::copy_from_slice(&json);
-                self.scratch = json;
-                read?;
+                self.read_object(&mut reader, payload, json, 0)?;
                 if !reader.rest.is_empty() {
                     return Err("bytes after the decoded fields".into());
                 }
-                Ok(out)
             }
-            other => Err(format!("unknown decoded-fields form {other}")),
+            other => return Err(format!("unknown decoded-fields form {other}")),
         }
+        Ok(())
     }
 
     fn read_object(
@@ -386,6 +455,7 @@ impl Fields {
             } else {
                 return Err(format!("unknown key {k}"));
             };
+            // Keys are kept as they stand between their quotes.
             json.push(b'"');
             json.extend_from_slice(self.keys.names[key].as_bytes());
             json.extend_from_slice(b"\":");
@@ -405,34 +475,40 @@ impl Fields {
         if depth > MAX_DEPTH {
             return Err("decoded fields nested too deep".into());
         }
+        fn utf8(bytes: &[u8]) -> Result<&str, String> {
+            std::str::from_utf8(bytes).map_err(|_| "a string that is not UTF-8".to_string())
+        }
+        let escaped = |json: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(&mut *json, s).map_err(|e| e.to_string())
+        };
         match r.u8()? {
             NULL => json.extend_from_slice(b"null"),
             FALSE => json.extend_from_slice(b"false"),
             TRUE => json.extend_from_slice(b"true"),
-            UNSIGNED => write!(json, "{}", r.u64()?).expect("writing to a Vec"),
-            SIGNED => write!(json, "{}", r.i64()?).expect("writing to a Vec"),
+            UNSIGNED => json.extend_from_slice(itoa::Buffer::new().format(r.u64()?).as_bytes()),
+            SIGNED => json.extend_from_slice(itoa::Buffer::new().format(r.i64()?).as_bytes()),
+            FLOAT => {
+                let f = f64::from_le_bytes(r.bytes(8)?.try_into().expect("8 bytes"));
+                // serde_json's own formatting (null for a non-finite one).
+                serde_json::to_writer(&mut *json, &f).map_err(|e| e.to_string())?;
+            }
             STRING => {
                 let n = r.length()?;
                 json.push(b'"');
-                json.extend_from_slice(r.bytes(n)?);
+                json.extend_from_slice(utf8(r.bytes(n)?)?.as_bytes());
                 json.push(b'"');
             }
             IN_PAYLOAD => {
-                let (offset, len) = (r.u64()?, r.u64()?);
-                let end = offset.checked_add(len).filter(|&e| e <= payload.len() as u64);
-                let end = end.ok_or("a string reference past the payload")?;
+                let s = r.slice_of(payload)?;
                 json.push(b'"');
-                json.extend_from_slice(&payload[offset as usize..end as usize]);
+                json.extend_from_slice(s.as_bytes());
                 json.push(b'"');
             }
-            ESCAPED_IN_PAYLOAD => {
-                let (offset, len) = (r.u64()?, r.u64()?);
-                let end = offset.checked_add(len).filter(|&e| e <= payload.len() as u64);
-                let end = end.ok_or("a string reference past the payload")?;
-                let s = std::str::from_utf8(&payload[offset as usize..end as usize])
-                    .map_err(|_| "a string reference that is not UTF-8")?;
-                serde_json::to_writer(&mut *json, s).map_err(|e| e.to_string())?;
+            ESCAPED => {
+                let n = r.length()?;
+                escaped(json, utf8(r.bytes(n)?)?)?;
             }
+            ESCAPED_IN_PAYLOAD => escaped(json, r.slice_of(payload)?)?,
             ARRAY => {
                 let n = r.length()?;
                 json.push(b'[');
@@ -445,10 +521,6 @@ impl Fields {
                 json.push(b']');
             }
             OBJECT => self.read_object(r, payload, json, depth)?,
-            TEXT => {
-                let n = r.length()?;
-                json.extend_from_slice(r.bytes(n)?);
-            }
             tag => return Err(format!("unknown value tag {tag}")),
         }
         Ok(())
@@ -588,7 +660,13 @@ mod tests {
             let pairs: Vec<(&[u8], &[u8])> =
                 records.iter().map(|(j, p)| (j.as_slice(), p.as_slice())).collect();
             let stored = round_trip(&pairs);
-            prop_assert!(stored.iter().all(|s| s[0] == COMPACT), "serde_json's form is compact");
+            // Compact whenever serde_json reads back what it wrote (without
+            // its float_roundtrip feature a few floats come back changed:
+            // those records are kept verbatim, still byte for byte).
+            for ((json, _), stored) in records.iter().zip(&stored) {
+                let again = serde_json::to_vec(&serde_json::from_slice::<Value>(json).unwrap()).unwrap();
+                prop_assert_eq!(stored[0] == COMPACT, &again == json);
+            }
         }
     }
 }
