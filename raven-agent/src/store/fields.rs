@@ -34,8 +34,9 @@
 //!       | k (k >= 1)                   the block's key table entry k-1
 //! ```
 //!
-//! The key table lives as long as one block: the records of a block are
-//! encoded and decoded in order with one [`Fields`].
+//! Operations: [`Fields::encode`] and [`Fields::decode`], one record at a
+//! time. The key table lives as long as one block: the records of a block
+//! are encoded and decoded in order with one [`Fields`].
 
 use std::{collections::HashMap, fmt};
 
