@@ -26,7 +26,7 @@
 //!   (`raven_decode_flow_pending_total{outcome="dropped"}`).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     net::{IpAddr, SocketAddr},
 };
 
@@ -116,19 +116,26 @@ impl<K: std::hash::Hash + Eq> SequenceTracker<K> {
             self.expected.clear();
         }
         let mut out = Sequence::default();
-        if let Some(&expected) = self.expected.get(&key) {
-            let ahead = sequence.wrapping_sub(expected);
-            if ahead != 0 {
-                // Up to 16 M behind the expected number is loss; further
-                // (or backwards, which wraps to a huge value) is a restart.
-                if ahead < 1 << 24 {
-                    out.lost = u64::from(ahead);
-                } else {
-                    out.restarted = true;
+        let next = sequence.wrapping_add(advance);
+        // One hash per datagram (`entry`), not a lookup and an insert.
+        match self.expected.entry(key) {
+            Entry::Occupied(mut known) => {
+                let ahead = sequence.wrapping_sub(*known.get());
+                if ahead != 0 {
+                    // Up to 16 M behind the expected number is loss; further
+                    // (or backwards, which wraps to a huge value) is a restart.
+                    if ahead < 1 << 24 {
+                        out.lost = u64::from(ahead);
+                    } else {
+                        out.restarted = true;
+                    }
                 }
+                known.insert(next);
+            }
+            Entry::Vacant(new) => {
+                new.insert(next);
             }
         }
-        self.expected.insert(key, sequence.wrapping_add(advance));
         out
     }
 }
@@ -481,6 +488,18 @@ fn flows(packet: &NetflowPacket) -> Vec<Value> {
     out
 }
 
+/// The keys of a flow object, in the order the map keeps them (sorted:
+/// `serde_json::Map` is a `BTreeMap` here; with `preserve_order` it would
+/// be this insertion order, which is the same).
+const FLOW_KEYS: [&str; 7] =
+    ["dst_addr", "dst_port", "first_seen", "last_seen", "protocol", "src_addr", "src_port"];
+
+/// A flow object with every value `null`, cloned for each flow: a clone
+/// copies the keys in order into one node, where inserting them searched
+/// the node for each (a fifth of a v9 datagram's decode time).
+static FLOW_PROTOTYPE: std::sync::LazyLock<Map<String, Value>> =
+    std::sync::LazyLock::new(|| FLOW_KEYS.iter().map(|&k| (k.to_string(), Value::Null)).collect());
+
 /// One flow object: `null` for what the record lacks.
 fn flow(
     (src_addr, dst_addr): (Option<IpAddr>, Option<IpAddr>),
@@ -492,14 +511,21 @@ fn flow(
     fn or_null<T: Into<Value>>(v: Option<T>) -> Value {
         v.map_or(Value::Null, Into::into)
     }
-    let mut flow = Map::new();
-    flow.insert("src_addr".into(), src_addr.map_or(Value::Null, address));
-    flow.insert("dst_addr".into(), dst_addr.map_or(Value::Null, address));
-    flow.insert("src_port".into(), or_null(src_port));
-    flow.insert("dst_port".into(), or_null(dst_port));
-    flow.insert("protocol".into(), or_null(protocol));
-    flow.insert("first_seen".into(), or_null(first_seen.into()));
-    flow.insert("last_seen".into(), or_null(last_seen.into()));
+    // In FLOW_KEYS order.
+    let values = [
+        dst_addr.map_or(Value::Null, address),
+        or_null(dst_port),
+        or_null(first_seen.into()),
+        or_null(last_seen.into()),
+        or_null(protocol),
+        src_addr.map_or(Value::Null, address),
+        or_null(src_port),
+    ];
+    let mut flow = FLOW_PROTOTYPE.clone();
+    for ((key, slot), (expected, value)) in flow.iter_mut().zip(FLOW_KEYS.iter().zip(values)) {
+        debug_assert_eq!(key, expected);
+        *slot = value;
+    }
     Value::Object(flow)
 }
 
@@ -782,12 +808,13 @@ mod tests {
         assert!(ports(&d).is_empty() && d.parse_error.is_some(), "{:?}", d.fields);
     }
 
-    /// The decoder as it was before it read the parser's typed output: it
-    /// serialized the whole message to JSON (`serde_json::to_value`) and
-    /// read the header, template ids, data set record counts and
-    /// undecoded sets from that, and took the flows from the parser's
-    /// common view (`as_netflow_common`). Kept here as the reference the
-    /// typed reading must equal, field for field.
+    /// The decoder as it was before it read the parser's typed output,
+    /// unchanged: it built a JSON outline of the message (`skeleton`: the
+    /// serialization less record values and template fields, checked
+    /// against the full serialization below) and read the header, template
+    /// ids, data set record counts and undecoded sets from that, and took
+    /// the flows from the parser's common view (`as_netflow_common`). Kept
+    /// here as the reference the typed reading must equal, byte for byte.
     mod reference {
         use super::super::*;
         use serde_json::json;
@@ -803,6 +830,112 @@ mod tests {
                 NetflowPacket::V9(_) => "V9",
                 NetflowPacket::IPFix(_) => "IPFix",
                 _ => "",
+            }
+        }
+
+        /// What this module reads of the parser's output, as the JSON
+        /// `serde_json::to_value(packet)` would give, without what it never reads:
+        /// a data set's `fields` holds one `null` per record, a template only its
+        /// `template_id`, and v5/v7 keep only their header. Serializing every
+        /// record and template field (to read a header, count records and list
+        /// template ids) was most of the decode time (`cargo xtask bench decode`,
+        /// docs/benchmarks.md); the flows themselves come from `as_netflow_common`.
+        pub fn skeleton(packet: &NetflowPacket) -> Value {
+            use netflow_parser::variable_versions::{ipfix, v9};
+            fn value<T: serde::Serialize>(v: &T) -> Value {
+                serde_json::to_value(v).unwrap_or(Value::Null)
+            }
+            // Built as maps, not with `json!`, which would serialize (deep-copy)
+            // every `Value` put into it.
+            fn object<const N: usize>(entries: [(&str, Value); N]) -> Value {
+                Value::Object(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }
+            let records = |kind: &str, n: usize| {
+                object([(kind, object([("fields", Value::Array(vec![Value::Null; n]))]))])
+            };
+            let id = |template_id: u16| object([("template_id", Value::from(template_id))]);
+            let ids = |list: &mut dyn Iterator<Item = u16>| Value::Array(list.map(id).collect());
+            let packet_of = |name: &str, header: Value, sets: Option<Vec<Value>>| {
+                let inner = match sets {
+                    Some(sets) => object([("header", header), ("flowsets", Value::Array(sets))]),
+                    None => object([("header", header)]),
+                };
+                object([(name, inner)])
+            };
+            match packet {
+                NetflowPacket::V5(p) => packet_of("V5", value(&p.header), None),
+                NetflowPacket::V7(p) => packet_of("V7", value(&p.header), None),
+                NetflowPacket::V9(p) => {
+                    let sets = p.flowsets.iter().map(|s| {
+                        let body = match &s.body {
+                            v9::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                            v9::FlowSetBody::OptionsData(d) => {
+                                records("OptionsData", d.fields.len())
+                            }
+                            v9::FlowSetBody::Template(t) => object([(
+                                "Template",
+                                object([(
+                                    "templates",
+                                    ids(&mut t.templates.iter().map(|t| t.template_id)),
+                                )]),
+                            )]),
+                            v9::FlowSetBody::OptionsTemplate(t) => object([(
+                                "OptionsTemplate",
+                                object([(
+                                    "templates",
+                                    ids(&mut t.templates.iter().map(|t| t.template_id)),
+                                )]),
+                            )]),
+                            other => value(other),
+                        };
+                        object([("header", value(&s.header)), ("body", body)])
+                    });
+                    packet_of("V9", value(&p.header), Some(sets.collect()))
+                }
+                NetflowPacket::IPFix(p) => {
+                    let sets = p.flowsets.iter().map(|s| {
+                        let body = match &s.body {
+                            ipfix::FlowSetBody::Data(d) => records("Data", d.fields.len()),
+                            ipfix::FlowSetBody::OptionsData(d) => {
+                                records("OptionsData", d.fields.len())
+                            }
+                            ipfix::FlowSetBody::V9Data(d) => records("V9Data", d.fields.len()),
+                            ipfix::FlowSetBody::V9OptionsData(d) => {
+                                records("V9OptionsData", d.fields.len())
+                            }
+                            ipfix::FlowSetBody::Template(t) => {
+                                object([("Template", id(t.template_id))])
+                            }
+                            ipfix::FlowSetBody::V9Template(t) => {
+                                object([("V9Template", id(t.template_id))])
+                            }
+                            ipfix::FlowSetBody::OptionsTemplate(t) => {
+                                object([("OptionsTemplate", id(t.template_id))])
+                            }
+                            ipfix::FlowSetBody::V9OptionsTemplate(t) => {
+                                object([("V9OptionsTemplate", id(t.template_id))])
+                            }
+                            ipfix::FlowSetBody::Templates(l) => {
+                                object([("Templates", ids(&mut l.iter().map(|t| t.template_id)))])
+                            }
+                            ipfix::FlowSetBody::V9Templates(l) => {
+                                object([("V9Templates", ids(&mut l.iter().map(|t| t.template_id)))])
+                            }
+                            ipfix::FlowSetBody::OptionsTemplates(l) => object([(
+                                "OptionsTemplates",
+                                ids(&mut l.iter().map(|t| t.template_id)),
+                            )]),
+                            ipfix::FlowSetBody::V9OptionsTemplates(l) => object([(
+                                "V9OptionsTemplates",
+                                ids(&mut l.iter().map(|t| t.template_id)),
+                            )]),
+                            other => value(other),
+                        };
+                        object([("header", value(&s.header)), ("body", body)])
+                    });
+                    packet_of("IPFix", value(&p.header), Some(sets.collect()))
+                }
+                other => value(other),
             }
         }
 
@@ -880,7 +1013,7 @@ mod tests {
                     sequence,
                 );
             };
-            let raw = serde_json::to_value(packet).unwrap();
+            let raw = skeleton(packet);
             let header = &raw.get(variant_name(packet)).and_then(|v| v.get("header")).cloned();
             let header_u32 = |key: &str| {
                 header.as_ref().and_then(|h| h.get(key)).and_then(Value::as_u64).map(|v| v as u32)
@@ -989,6 +1122,74 @@ mod tests {
             }
             (Decoded { fields, parse_error, reply: None }, sequence)
         }
+    }
+
+    /// `skeleton` is the parser's full serialization with the data
+    /// records' values and the templates' fields left out, on every shared
+    /// NetFlow/IPFIX datagram (templates learned in capture order, so data
+    /// sets are decoded).
+    #[test]
+    fn the_skeleton_is_the_full_serialization_less_records_and_template_fields() {
+        use crate::{decode::samples::testing, record::Stream};
+        fn only_id(template: &mut Value) {
+            let id = template["template_id"].clone();
+            assert!(id.is_u64(), "{template}");
+            *template = json!({ "template_id": id });
+        }
+        fn blank_records(full: &mut Value, templates: &mut usize) {
+            let Some(sets) = full.get_mut("flowsets").and_then(Value::as_array_mut) else {
+                return;
+            };
+            for set in sets {
+                let Some(Value::Object(body)) = set.get_mut("body") else { continue };
+                for (kind, data) in body.iter_mut() {
+                    if kind.contains("Template") && !kind.starts_with("NoTemplate") {
+                        *templates += 1;
+                        match data {
+                            Value::Array(list) => list.iter_mut().for_each(only_id),
+                            _ if data.get("templates").is_some() => {
+                                let list = data["templates"].as_array_mut().unwrap();
+                                list.iter_mut().for_each(only_id);
+                            }
+                            _ => only_id(data),
+                        }
+                    }
+                    let records = data.get_mut("fields").and_then(Value::as_array_mut);
+                    if kind.ends_with("Data")
+                        && let Some(records) = records
+                    {
+                        records.iter_mut().for_each(|r| *r = Value::Null);
+                    }
+                }
+            }
+        }
+        let mut parser = AutoScopedParser::new();
+        let (mut packets, mut data_sets, mut templates) = (0, 0, 0);
+        let flows = testing::shared()
+            .iter()
+            .filter(|s| matches!(s.stream, Stream::Netflow | Stream::Ipfix));
+        for sample in flows {
+            for packet in parser.parse_from_source(sample.src, &sample.payload).packets {
+                let mut full = serde_json::to_value(&packet).unwrap();
+                let inner = full.get_mut(reference::variant_name(&packet)).unwrap();
+                if matches!(packet, NetflowPacket::V5(_) | NetflowPacket::V7(_)) {
+                    inner.as_object_mut().unwrap().remove("flowsets");
+                }
+                blank_records(inner, &mut templates);
+                assert_eq!(reference::skeleton(&packet), full, "{}", sample.file);
+                packets += 1;
+                data_sets += reference::data_set_records(
+                    reference::skeleton(&packet).get(reference::variant_name(&packet)),
+                )
+                .into_iter()
+                .filter(|&n| n > 0)
+                .count();
+            }
+        }
+        assert!(
+            packets > 500 && data_sets > 500 && templates > 50,
+            "{packets} packets, {data_sets} data sets, {templates} template sets"
+        );
     }
 
     /// Decodes `payloads` in order with the decoder and, on a decoder of
