@@ -903,6 +903,160 @@ mod tests {
         }
     }
 
+    /// The PDU rendering as it was before it was made fast (`json!`,
+    /// asn1-rs's `to_id_string`, `Ipv4Addr`'s `Display`, the community
+    /// copied): what the fast path must equal, field for field.
+    mod before {
+        use super::super::*;
+
+        fn varbind(v: &SnmpVariable, oid: String) -> Value {
+            let (kind, value) = match &v.val {
+                VarBindValue::Value(value) => match value {
+                    ObjectSyntax::Number(n) => ("integer", json!(n)),
+                    ObjectSyntax::String(s) => ("octet_string", octets(s)),
+                    ObjectSyntax::Object(oid) => ("oid", json!(oid.to_id_string())),
+                    ObjectSyntax::BitString(b) => ("bit_string", json!(hex(b.as_ref()))),
+                    ObjectSyntax::Empty => ("null", Value::Null),
+                    ObjectSyntax::IpAddress(NetworkAddress::IPv4(ip)) => {
+                        ("ip_address", json!(ip.to_string()))
+                    }
+                    ObjectSyntax::Counter32(n) => ("counter32", json!(n)),
+                    ObjectSyntax::Gauge32(n) => ("gauge32", json!(n)),
+                    ObjectSyntax::TimeTicks(n) => ("timeticks", json!(n)),
+                    ObjectSyntax::Opaque(b) => ("opaque", json!(hex(b))),
+                    ObjectSyntax::NsapAddress(b) => ("nsap_address", json!(hex(b))),
+                    ObjectSyntax::Counter64(n) => ("counter64", json!(n)),
+                    ObjectSyntax::UInteger32(n) => ("uinteger32", json!(n)),
+                    ObjectSyntax::UnknownSimple(a) | ObjectSyntax::UnknownApplication(a) => {
+                        ("unknown", json!(hex(a.data)))
+                    }
+                },
+                VarBindValue::Unspecified => ("unspecified", Value::Null),
+                VarBindValue::NoSuchObject => ("no_such_object", Value::Null),
+                VarBindValue::NoSuchInstance => ("no_such_instance", Value::Null),
+                VarBindValue::EndOfMibView => ("end_of_mib_view", Value::Null),
+            };
+            json!({ "oid": oid, "type": kind, "value": value })
+        }
+
+        pub fn pdu_fields(pdu: &SnmpPdu, fields: &mut Map<String, Value>) {
+            let vars: Vec<&SnmpVariable> = match pdu {
+                SnmpPdu::Generic(p) => {
+                    fields.insert("pdu_type".into(), json!(pdu_name(p.pdu_type)));
+                    fields.insert("request_id".into(), json!(p.req_id));
+                    p.var.iter().collect()
+                }
+                SnmpPdu::Bulk(p) => {
+                    fields.insert("pdu_type".into(), json!("get_bulk_request"));
+                    fields.insert("request_id".into(), json!(p.req_id));
+                    p.var.iter().collect()
+                }
+                SnmpPdu::TrapV1(t) => {
+                    fields.insert("pdu_type".into(), json!("trap_v1"));
+                    fields.insert("enterprise".into(), json!(t.enterprise.to_id_string()));
+                    let NetworkAddress::IPv4(agent) = t.agent_addr;
+                    fields.insert("agent_address".into(), json!(agent.to_string()));
+                    fields.insert("generic_trap".into(), json!(t.generic_trap.0));
+                    fields.insert("specific_trap".into(), json!(t.specific_trap));
+                    fields.insert("timestamp".into(), json!(t.timestamp));
+                    t.var.iter().collect()
+                }
+            };
+            let mut varbinds = Vec::with_capacity(vars.len());
+            for v in &vars {
+                let oid = v.oid.to_id_string();
+                if oid == SYS_UPTIME
+                    && let VarBindValue::Value(ObjectSyntax::TimeTicks(t)) = v.val
+                {
+                    fields.insert("uptime".into(), json!(t));
+                }
+                if oid == SNMP_TRAP_OID
+                    && let VarBindValue::Value(ObjectSyntax::Object(trap)) = &v.val
+                {
+                    fields.insert("trap_oid".into(), json!(trap.to_id_string()));
+                }
+                varbinds.push(varbind(v, oid));
+            }
+            fields.insert("varbinds".into(), Value::Array(varbinds));
+        }
+
+        pub fn community_fields(version: &str, m: &SnmpMessage, fields: &mut Map<String, Value>) {
+            fields.insert("version".into(), json!(version));
+            fields.insert("community".into(), json!(m.community));
+            pdu_fields(&m.pdu, fields);
+        }
+    }
+
+    /// The fast rendering and the one before it, on one message; how many
+    /// PDUs were compared (0 or 1: an encrypted or unparsed one has none).
+    fn same_as_before(payload: &[u8]) -> Result<usize, proptest::test_runner::TestCaseError> {
+        let Ok((_, message)) = parse_snmp_generic_message(payload) else { return Ok(0) };
+        let (mut fast, mut old) = (Map::new(), Map::new());
+        match message {
+            SnmpGenericMessage::V1(m) | SnmpGenericMessage::V2(m) => {
+                before::community_fields("x", &m, &mut old);
+                community_fields("x", m, &mut fast);
+            }
+            SnmpGenericMessage::V3(m) => {
+                let ScopedPduData::Plaintext(scoped) = &m.data else { return Ok(0) };
+                before::pdu_fields(&scoped.data, &mut old);
+                pdu_fields(&scoped.data, &mut fast);
+            }
+        }
+        proptest::prop_assert_eq!(fast, old);
+        Ok(1)
+    }
+
+    #[test]
+    fn fast_rendering_equals_the_old_one_on_every_shared_payload() {
+        let samples = crate::decode::samples::testing::of(crate::record::Stream::Snmp);
+        let mut compared = 0;
+        for s in &samples {
+            compared += same_as_before(&s.payload).unwrap();
+        }
+        // Net-SNMP's v3 capture, decrypted where it is encrypted.
+        let raven = as_snmptrapd(3);
+        for frame in capture() {
+            compared += same_as_before(&frame).unwrap();
+            let Ok((_, m)) = parse_snmp_v3(&frame) else { continue };
+            let (SecurityParameters::USM(usm), ScopedPduData::Encrypted(ciphertext)) =
+                (&m.security_params, &m.data)
+            else {
+                continue;
+            };
+            let engine = usm.msg_authoritative_engine_id;
+            for k in raven.usm.candidates(&usm.msg_user_name, engine) {
+                let (boots, time) =
+                    (usm.msg_authoritative_engine_boots, usm.msg_authoritative_engine_time);
+                let Ok(plain) = k.decrypt(boots, time, usm.msg_privacy_parameters, ciphertext)
+                else {
+                    continue;
+                };
+                let (mut fast, mut old) = (Map::new(), Map::new());
+                if parse_scoped(&plain, |s| {
+                    pdu_fields(&s.data, &mut fast);
+                    before::pdu_fields(&s.data, &mut old);
+                })
+                .is_ok()
+                {
+                    assert_eq!(fast, old);
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 600, "only {compared} PDUs compared");
+    }
+
+    proptest::proptest! {
+        /// The same on mutated shared payloads (other values, other types,
+        /// OIDs with odd bytes).
+        #[test]
+        fn fast_rendering_equals_the_old_one_on_mutated_payloads(m in crate::decode::samples::testing::mutation()) {
+            let samples = crate::decode::samples::testing::of(crate::record::Stream::Snmp);
+            same_as_before(&m.apply(&samples[m.pick % samples.len()].payload))?;
+        }
+    }
+
     /// The shared Net-SNMP capture (see its README.md): frame N is
     /// `capture()[N - 1]`.
     fn capture() -> Vec<Vec<u8>> {
