@@ -22,6 +22,11 @@
 
 use std::{hint::black_box, net::IpAddr, path::Path, time::Duration};
 
+/// The agent's allocator (`raven-agent/src/main.rs`): the decode figures
+/// are the agent's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{Criterion, Throughput};
 use raven_agent::{
     config::DecodeConfig,

@@ -6,6 +6,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use raven_agent::{config::Config, pipeline, tap};
 
+/// mimalloc rather than glibc malloc: decoded fields are many small maps
+/// and strings per record, and glibc's allocator was about a fifth of
+/// NetFlow and SNMP decode time in profiles (docs/benchmarks.md, decode).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "raven-agent", version, about = "Raven telemetry-capture appliance")]
 struct Cli {
