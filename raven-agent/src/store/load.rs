@@ -317,7 +317,8 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
             unpaced.then(|| latencies.len() as f64 / times.append.as_secs_f64().max(1e-9)),
         "write_failures": crate::metrics::store_write_failures(),
         "evicted_records": crate::metrics::store_evicted_records(),
-        "failed_appends": failures.appends,
+        // Paced, only the records that never became durable are known.
+        "failed_appends": unpaced.then_some(failures.appends),
         "failed_records": failures.records,
         "codec": codec.name(),
         "level": config.compression_level,
