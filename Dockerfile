@@ -24,7 +24,7 @@ RUN apt-get update \
 COPY --from=build /out/raven-agent /usr/local/bin/raven-agent
 COPY config/raven.toml /etc/raven/raven.toml
 VOLUME ["/data"]
-EXPOSE 514/udp 162/udp 2055/udp 4739/udp 6343/udp 9184/tcp
+EXPOSE 514/udp 162/udp 2055/udp 4739/udp 6343/udp 9184/tcp 8084/tcp
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD ["curl", "-fsS", "http://127.0.0.1:9184/healthz"]
 ENTRYPOINT ["/usr/local/bin/raven-agent"]

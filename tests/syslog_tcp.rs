@@ -177,7 +177,9 @@ fn connections_beyond_the_limit_are_refused_and_counted() {
          [api]\nlisten = \"{}\"\n",
         common::METRICS_LISTEN
     );
-    let agent = common::Agent::run(&lab, &config, &[]);
+    // JSON logs (as a log shipper would take them): the refusal's line must
+    // name stream, exporter and reason as fields.
+    let agent = common::Agent::run(&lab, &config, &["env", "RAVEN_LOG_FORMAT=json"]);
     assert!(agent.wait_stderr("syslog"), "{}", agent.stderr());
     let connect = || {
         let deadline = std::time::Instant::now() + WAIT;
@@ -204,6 +206,20 @@ fn connections_beyond_the_limit_are_refused_and_counted() {
     assert_eq!(second.read(&mut buf).unwrap_or(0), 0, "refused connection is closed");
     let refused = "raven_capture_tcp_refused_total{port=\"514\",reason=\"connection_limit\"}";
     agent.wait_for_metric(refused, 1.0);
+    let stderr = agent.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let refusal = lines
+        .iter()
+        .map(|l| &l["fields"])
+        .find(|f| f["message"] == "syslog connection refused")
+        .unwrap_or_else(|| panic!("no refusal logged:\n{stderr}"));
+    assert_eq!(refusal["stream"], "syslog", "{refusal}");
+    assert_eq!(refusal["reason"], "connection_limit", "{refusal}");
+    let exporter = refusal["exporter"].as_str().unwrap_or_default();
+    assert!(exporter.starts_with("198.18.0.2:"), "{refusal}");
 
     // Once the first goes away, a new one is served.
     drop(first);

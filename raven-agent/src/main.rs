@@ -15,8 +15,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "raven-agent", version, about = "Raven telemetry-capture appliance")]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value = "text", global = true)]
+    /// Log format on stderr: human-readable text, or one JSON object a line
+    /// (for journald/Loki/Elasticsearch shippers; also `RAVEN_LOG_FORMAT`).
+    #[arg(long, value_enum, default_value = "text", global = true, env = "RAVEN_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
