@@ -80,14 +80,19 @@ pub fn decode_for_store(decoder: &Decoder, batch: Batch) -> DecodedGroup {
     let decoded = decoder.decode_batch(&batch);
     let mut group = DecodedGroup { records: BTreeMap::new(), replies: BTreeMap::new() };
     for (record, decoded) in batch.into_iter().zip(decoded) {
-        let (fields, parse_error) = crate::decode::stored_form(decoded.as_ref());
-        if let Some(datagram) = decoded.and_then(|d| d.reply) {
-            group.replies.entry(record.stream).or_default().push(Reply {
-                port: record.dst_port,
-                to: record.src,
-                datagram,
-            });
-        }
+        let (fields, parse_error) = match decoded {
+            Some(d) => {
+                if let Some(datagram) = d.reply {
+                    group.replies.entry(record.stream).or_default().push(Reply {
+                        port: record.dst_port,
+                        to: record.src,
+                        datagram,
+                    });
+                }
+                (Some(d.fields), d.parse_error.map(|e| e.stored_form()))
+            }
+            None => (None, None),
+        };
         group.records.entry(record.stream).or_default().push(NewRecord {
             record,
             decoded: fields,

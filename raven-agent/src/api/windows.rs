@@ -149,10 +149,9 @@ async fn post_events(
         .into_iter()
         .map(|payload| {
             let decoded = crate::decode::windows_event(&payload);
-            let (decoded, parse_error) = crate::decode::stored_form(Some(&decoded));
             NewRecord {
-                decoded,
-                parse_error,
+                decoded: Some(decoded.fields),
+                parse_error: decoded.parse_error.map(|e| e.stored_form()),
                 record: Record {
                     captured_at: now,
                     stream: Stream::Windows,

@@ -60,6 +60,11 @@ impl ParseError {
     pub fn new(reason: &'static str, detail: impl Into<String>) -> Self {
         ParseError { reason, detail: detail.into() }
     }
+
+    /// How the store keeps it beside the record: `reason: detail`.
+    pub fn stored_form(&self) -> String {
+        format!("{}: {}", self.reason, self.detail)
+    }
 }
 
 /// The decoders of every stream, configured once.
@@ -175,7 +180,7 @@ pub fn stored_form(decoded: Option<&Decoded>) -> (Option<Bytes>, Option<String>)
     match decoded {
         Some(d) => (
             serde_json::to_vec(&d.fields).ok().map(Bytes::from),
-            d.parse_error.as_ref().map(|e| format!("{}: {}", e.reason, e.detail)),
+            d.parse_error.as_ref().map(ParseError::stored_form),
         ),
         None => (None, None),
     }

@@ -74,8 +74,9 @@ pub struct FlushPolicy {
 #[derive(Clone, Debug)]
 pub struct NewRecord {
     pub record: Record,
-    /// Decoded fields as a JSON object (opaque to the store).
-    pub decoded: Option<Bytes>,
+    /// Decoded fields: the decoder's object, stored compact and read back
+    /// as the JSON text `serde_json` writes for it ([`fields`]).
+    pub decoded: Option<serde_json::Map<String, serde_json::Value>>,
     pub parse_error: Option<String>,
 }
 
@@ -542,11 +543,16 @@ impl Store {
             return Ok(Appended { first_seq: next, last_seq: next.wrapping_sub(1) });
         }
         let config = self.config();
+        // Framing and compression need no sequence numbers, so they happen
+        // here, once, outside the state lock: appends of other streams and
+        // readers are not held up by them, and a retry does not redo them.
+        let block = segment::compress_block(&records, config.codec, config.compression_level)
+            .map_err(io_error)?;
         let mut io_retries = 0;
         // A full disk: give back the reserve (so the index can record the
         // evictions), evict the oldest sealed segment, try again.
         for _ in 0..16 {
-            match self.try_append(stream, &records, &config) {
+            match self.try_append(stream, &records, &block, &config) {
                 // Any other write or sync failure (EIO, a short write): the
                 // file was cut back to the block's offset, so a retry writes
                 // the whole block again and syncs it — never just re-syncs,
@@ -631,6 +637,7 @@ impl Store {
         &self,
         stream: Stream,
         records: &[NewRecord],
+        compressed: &segment::CompressedBlock,
         config: &StoreConfig,
     ) -> Result<Appended, StoreError> {
         let mut state = self.state();
@@ -639,9 +646,7 @@ impl Store {
         }
         let now = SystemTime::now();
         let first_seq = state.next_seq.get(&stream).copied().unwrap_or(0);
-        let (block, raw_len) =
-            segment::encode_block(first_seq, records, config.codec, config.compression_level)
-                .map_err(io_error)?;
+        let block = compressed.seal(first_seq);
         let needs_new = match state.open.get(&stream) {
             None => true,
             Some(open) => {
@@ -715,7 +720,7 @@ impl Store {
         metrics::emit(metrics::StoreAppended {
             stream,
             records: records.len() as u64,
-            raw_bytes: raw_len as u64,
+            raw_bytes: compressed.frame_len as u64,
             stored_bytes: block.len() as u64,
             latencies: records
                 .iter()

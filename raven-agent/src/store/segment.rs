@@ -297,8 +297,8 @@ fn frame_v2(records: &[NewRecord]) -> Vec<u8> {
     let mut decoded_lens = Vec::with_capacity(records.len());
     for new in records {
         let before = decoded.len();
-        if let Some(json) = new.decoded.as_deref().filter(|d| !d.is_empty()) {
-            fields.encode(json, &new.record.payload, &mut decoded);
+        if let Some(object) = &new.decoded {
+            fields.encode(object, &new.record.payload, &mut decoded);
         }
         decoded_lens.push((decoded.len() - before) as u64);
     }
@@ -321,14 +321,45 @@ fn frame_v2(records: &[NewRecord]) -> Vec<u8> {
 /// Frames (version 2) and compresses records numbered from `first_seq`
 /// into one block (header included). Returns the block and the
 /// uncompressed frame size.
+#[cfg(test)]
 pub fn encode_block(
     first_seq: u64,
     records: &[NewRecord],
     codec: Codec,
     level: u32,
 ) -> io::Result<(Vec<u8>, usize)> {
+    let data = compress_block(records, codec, level)?;
+    Ok((data.seal(first_seq), data.frame_len))
+}
+
+/// A version-2 block's records framed and compressed, before it has its
+/// sequence numbers: the frame holds none (they are `first_seq`, `+1`, …
+/// from the block header), so the store compresses outside its lock and
+/// numbers the block when it writes it.
+pub struct CompressedBlock {
+    data: Vec<u8>,
+    records: usize,
+    /// Bytes of the uncompressed frame.
+    pub frame_len: usize,
+}
+
+impl CompressedBlock {
+    /// The block as written: header (numbered from `first_seq`), CRC, data.
+    pub fn seal(&self, first_seq: u64) -> Vec<u8> {
+        seal_block(first_seq, self.records, &self.data)
+    }
+}
+
+/// Frames (version 2) and compresses records into a block still to be
+/// numbered.
+pub fn compress_block(
+    records: &[NewRecord],
+    codec: Codec,
+    level: u32,
+) -> io::Result<CompressedBlock> {
     let frame = frame_v2(records);
-    Ok((seal_block(first_seq, records.len(), &codec.compress(&frame, level)?), frame.len()))
+    let data = codec.compress(&frame, level)?;
+    Ok(CompressedBlock { data, records: records.len(), frame_len: frame.len() })
 }
 
 /// Block header and CRC around compressed data.
@@ -366,7 +397,8 @@ pub fn encode_block_v1(
         frame.put_u32_le(r.wire_len);
         frame.put_u32_le(r.payload.len() as u32);
         frame.put_slice(&r.payload);
-        let decoded = new.decoded.as_deref().unwrap_or_default();
+        let decoded = new.decoded.as_ref().map(|d| serde_json::to_vec(d).unwrap());
+        let decoded = decoded.as_deref().unwrap_or_default();
         frame.put_u32_le(decoded.len() as u32);
         frame.put_slice(decoded);
         let error = error_bytes(new);
