@@ -617,14 +617,31 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
     let _rsyslog =
         common::noc::rsyslog_at(&lab.noc, &noc_dir, "192.0.2.1", 10514, "module(load=\"imtcp\")\n");
     let received = noc_dir.join("received.log");
+    // A second receiver behind the tunnel for a sink that does not wait for
+    // the VPN: it fails through the cut and backs off.
+    let direct_dir = tmp.path().join("noc-direct");
+    std::fs::create_dir_all(&direct_dir).unwrap();
+    let _rsyslog_direct = common::noc::rsyslog_at(
+        &lab.noc,
+        &direct_dir,
+        "192.0.2.1",
+        10515,
+        "module(load=\"imtcp\")\n",
+    );
+    let received_direct = direct_dir.join("received.log");
 
+    // A backoff of up to two minutes: a sink that failed during the outage
+    // resumes within seconds of the tunnel's return only because the VPN
+    // coming up wakes it.
     let config = format!(
         "[capture]\nmode = \"socket\"\nports = [{{port = 514, stream = \"syslog\"}}]\n\
          [windows]\nlisten = \"\"\n\
          [api]\nlisten = \"127.0.0.1:9184\"\nopen_paths = [\"/healthz\", \"/metrics\", \"/api/vpn/status\"]\nstatus_page_public = true\n\
-         [forward]\nbackoff_min_ms = 100\nbackoff_max_ms = 1000\nprobe_interval_ms = 500\n\
+         [forward]\nbackoff_min_ms = 120000\nbackoff_max_ms = 120000\nprobe_interval_ms = 500\n\
          [[forward.sinks]]\nname = \"noc\"\nprotocol = \"syslog_tcp\"\nendpoint = \"192.0.2.1:10514\"\n\
-         requires_vpn = true\nconnect_timeout_ms = 1000\n{}",
+         requires_vpn = true\nconnect_timeout_ms = 1000\n\
+         [[forward.sinks]]\nname = \"direct\"\nprotocol = \"syslog_tcp\"\nendpoint = \"192.0.2.1:10515\"\n\
+         connect_timeout_ms = 1000\nack_timeout_ms = 2000\n{}",
         config(600_000, 600_000)
     );
     let config_path = tmp.path().join("raven.toml");
@@ -665,22 +682,27 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
             }
         }
     };
-    let wait_lines = |n: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while lines_at_noc(&received).iter().collect::<std::collections::BTreeSet<_>>().len() < n {
+    let wait_lines_at = |at: &Path, n: usize, within: Duration, what: &str| {
+        let deadline = Instant::now() + within;
+        while lines_at_noc(at).iter().collect::<std::collections::BTreeSet<_>>().len() < n {
             assert!(
                 Instant::now() < deadline,
                 "{what}: {} lines\n{}",
-                lines_at_noc(&received).len(),
+                lines_at_noc(at).len(),
                 agent_log()
             );
             thread::sleep(Duration::from_millis(100));
         }
     };
+    let wait_lines =
+        |n: usize, what: &str| wait_lines_at(&received, n, Duration::from_secs(30), what);
 
     vpn("up");
     send(0..200);
     wait_lines(200, "through the tunnel");
+    // The direct sink may have failed before the tunnel was up (and be
+    // backing off): the tunnel coming up woke it.
+    wait_lines_at(&received_direct, 200, Duration::from_secs(30), "direct, through the tunnel");
 
     // Cut the tunnel: the sink pauses (no sends while the VPN is down), the
     // backlog grows, capture and storage go on.
@@ -705,11 +727,36 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
         "nothing is sent to a sink that needs the VPN while it is down"
     );
     assert_eq!(lines_at_noc(&received).len(), 200);
+    // Meanwhile the direct sink tried, failed and is backing off.
+    let failures = || -> f64 {
+        api_get(&lab, "/metrics")
+            .lines()
+            .filter(|l| {
+                l.starts_with("raven_forward_failures_total{") && l.contains("sink=\"direct\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failures() < 1.0 {
+        assert!(Instant::now() < deadline, "the direct sink never failed\n{}", agent_log());
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Lines captured while it backs off: never written to any connection
+    // (what the failed one held, its kernel may still deliver once the
+    // tunnel is back), so only the sink itself can bring them over.
+    send(400..500);
+    thread::sleep(Duration::from_millis(500));
 
-    // Restore: the VPN comes back healthy and the backlog drains in order.
+    // Restore: the VPN comes back healthy and the backlog drains in order;
+    // the backing-off sink resumes at once, not when a backoff drawn from
+    // up to two minutes ends.
     nft(&lab.appliance, "delete table inet cut\n");
     vpn("up");
-    wait_lines(400, "the backlog after the VPN returned");
+    let up_at = Instant::now();
+    wait_lines(500, "the backlog after the VPN returned");
+    wait_lines_at(&received_direct, 500, Duration::from_secs(8), "direct, after the VPN returned");
+    eprintln!("the backing-off sink caught up {:?} after the VPN was up", up_at.elapsed());
     let got = lines_at_noc(&received);
     let mut first_seen = Vec::new();
     for seq in &got {
@@ -717,11 +764,11 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
             first_seen.push(*seq);
         }
     }
-    assert_eq!(first_seen, (0..400).collect::<Vec<_>>(), "every line, in order");
+    assert_eq!(first_seen, (0..500).collect::<Vec<_>>(), "every line, in order");
     // The status page's data carries the last hour of probes, cut ones included.
     let status: Value = serde_json::from_str(&api_get(&lab, "/api/status")).unwrap_or(Value::Null);
     let probes = status["vpn_history"].as_array().cloned().unwrap_or_default();
     assert!(probes.iter().any(|p| p["ok"] == true), "{status}");
     assert!(probes.iter().any(|p| p["ok"] == false), "the cut shows in the history: {status}");
-    assert!(got.len() - 400 <= 512, "duplicates within one batch: {}", got.len() - 400);
+    assert!(got.len() - 500 <= 512, "duplicates within one batch: {}", got.len() - 500);
 }

@@ -298,8 +298,11 @@ impl Fields {
             Value::String(s) => {
                 // A message with a newline or a quote is still found in the
                 // payload as it is; the reader escapes it again.
-                let (literal, reference) =
-                    if needs_escape(s) { (ESCAPED, ESCAPED_IN_PAYLOAD) } else { (STRING, IN_PAYLOAD) };
+                let (literal, reference) = if needs_escape(s) {
+                    (ESCAPED, ESCAPED_IN_PAYLOAD)
+                } else {
+                    (STRING, IN_PAYLOAD)
+                };
                 let at = (s.len() >= MIN_REFERENCE).then(|| find(payload, s.as_bytes())).flatten();
                 match at {
                     Some(offset) => {
@@ -495,8 +498,11 @@ mod tests {
             r#"{"app_name":"su","facility":"auth","facility_code":4,"hostname":"mymachine","message":"'su root' failed for lonvick on /dev/pts/8","procid":null,"severity":"crit","severity_code":2,"structured_data":{},"timestamp":"2026-10-11T22:14:15+00:00"}"#,
         );
         let json_len = serde_json::to_vec(&fields).unwrap().len();
-        let stored =
-            round_trip(&[(&fields, payload), (&fields, payload), (&object(r#"{"message":null}"#), b"")]);
+        let stored = round_trip(&[
+            (&fields, payload),
+            (&fields, payload),
+            (&object(r#"{"message":null}"#), b""),
+        ]);
         let (first, second) = (&stored[0], &stored[1]);
         assert_eq!(first[0], COMPACT);
         assert!(!first.windows(9).any(|w| w == b"mymachine"), "the hostname is a reference");
