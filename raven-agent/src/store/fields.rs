@@ -173,6 +173,10 @@ struct Keys {
     next: usize,
     /// Encoding only: name -> index in `names`.
     index: HashMap<String, u64>,
+    /// Encoding only: per entry of `names`, whether it holds no escape, so
+    /// that a key equal to it is that very key (a key that needs escapes
+    /// never equals an escaped spelling without a backslash).
+    plain: Vec<bool>,
 }
 
 impl Keys {
@@ -182,6 +186,7 @@ impl Keys {
         for name in self.names.drain(len..) {
             self.index.remove(&name);
         }
+        self.plain.truncate(len);
         self.next = self.next.min(len);
     }
 }
@@ -240,31 +245,34 @@ impl Fields {
     ) -> bool {
         put_u64(out, members.len() as u64);
         for (key, value) in members {
-            // Keys are kept as they stand between their quotes.
-            let quoted;
-            let key: &str = if needs_escape(key) {
-                quoted = serde_json::to_string(key).expect("a string serialises");
-                &quoted[1..quoted.len() - 1]
-            } else {
-                key
-            };
+            // Records of a stream repeat their keys in the same order: the
+            // entry after the last one used is usually this key.
             let hint = self.keys.next;
-            let known = if self.keys.names.get(hint).is_some_and(|name| name == key) {
+            let known = if self.keys.plain.get(hint) == Some(&true) && self.keys.names[hint] == *key
+            {
                 Some(hint as u64)
             } else {
-                self.keys.index.get(key).copied()
-            };
-            match known {
-                Some(k) => {
-                    put_u64(out, k + 1);
-                    self.keys.next = k as usize + 1;
-                }
-                None => {
+                // Keys are kept as they stand between their quotes.
+                let quoted;
+                let key: &str = if needs_escape(key) {
+                    quoted = serde_json::to_string(key).expect("a string serialises");
+                    &quoted[1..quoted.len() - 1]
+                } else {
+                    key
+                };
+                let known = self.keys.index.get(key).copied();
+                if known.is_none() {
                     put_bytes(out, 0, key.as_bytes());
                     self.keys.index.insert(key.to_owned(), self.keys.names.len() as u64);
                     self.keys.names.push(key.to_owned());
+                    self.keys.plain.push(!key.contains('\\'));
                     self.keys.next = self.keys.names.len();
                 }
+                known
+            };
+            if let Some(k) = known {
+                put_u64(out, k + 1);
+                self.keys.next = k as usize + 1;
             }
             if !self.value(value, payload, out, depth + 1) {
                 return false;

@@ -293,7 +293,9 @@ fn frame_v2(records: &[NewRecord]) -> Vec<u8> {
         put_i64(&mut frame, i64::from(r.wire_len) - r.payload.len() as i64);
     }
     let mut fields = Fields::default();
-    let mut decoded = Vec::new();
+    // About what a syslog record's compact fields take, so the buffer
+    // rarely grows (each growth copies all of it).
+    let mut decoded = Vec::with_capacity(records.len() * 48);
     let mut decoded_lens = Vec::with_capacity(records.len());
     for new in records {
         let before = decoded.len();
