@@ -659,8 +659,14 @@ impl Store {
             }
         };
         if needs_new {
-            if let Some(old) = state.open.remove(&stream) {
+            // Sealed in the index before it is let go: if recording that
+            // fails, the append fails with the segment still open and the
+            // retry seals it again. (Let go first, a failed update left the
+            // segment "open" in the index for good, so retention skipped it
+            // and evicted younger segments first.)
+            if let Some(old) = state.open.get(&stream) {
                 state.index.set_state(old.id, "sealed")?;
+                state.open.remove(&stream);
             }
             let open = self.create_segment(&mut state, stream, first_seq, config.codec, now)?;
             state.open.insert(stream, open);
