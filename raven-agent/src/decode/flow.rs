@@ -276,7 +276,7 @@ impl FlowDecoder {
             fields.set(Top::DataSetIds, ids(&data));
         }
         fields.set(Top::Flows, Value::Array(flows));
-        let fields = self.shapes.map(fields);
+        let fields = self.shapes.map(&mut fields);
         if parse_error.is_none() && result.packets.len() > 1 {
             parse_error = Some(ParseError::new(
                 "trailing_bytes",
@@ -320,13 +320,24 @@ const TOP_KEYS: [&str; 12] = [
     "version",
 ];
 
-/// A datagram's top-level values, gathered by key before the map is made.
+/// A datagram's top-level values, gathered by key before the map is made,
+/// and which keys are set (bit i: `TOP_KEYS[i]`).
 #[derive(Default)]
-struct TopFields([Option<Value>; TOP_KEYS.len()]);
+struct TopFields {
+    values: [Option<Value>; TOP_KEYS.len()],
+    mask: u16,
+}
 
 impl TopFields {
     fn set(&mut self, key: Top, value: Value) {
-        self.0[key as usize] = Some(value);
+        self.set_at(key as usize, value);
+    }
+
+    fn set_at(&mut self, at: usize, value: Value) {
+        if let Some(slot) = self.values.get_mut(at) {
+            *slot = Some(value);
+            self.mask |= 1 << at;
+        }
     }
 }
 
@@ -344,23 +355,22 @@ const MAX_SHAPES: usize = 64;
 struct Shapes(Vec<(u16, Map<String, Value>)>);
 
 impl Shapes {
-    fn map(&mut self, TopFields(values): TopFields) -> Map<String, Value> {
-        let mask =
-            values.iter().enumerate().fold(0u16, |m, (i, v)| m | u16::from(v.is_some()) << i);
+    fn map(&mut self, top: &mut TopFields) -> Map<String, Value> {
+        let (mask, values) = (top.mask, &mut top.values);
         let at = match self.0.iter().position(|&(m, _)| m == mask) {
             Some(at) => at,
             None if self.0.len() < MAX_SHAPES => {
-                let keys = TOP_KEYS.iter().zip(&values).filter(|(_, v)| v.is_some());
+                let keys = TOP_KEYS.iter().zip(values.iter()).filter(|(_, v)| v.is_some());
                 self.0.push((mask, keys.map(|(&k, _)| (k.to_owned(), Value::Null)).collect()));
                 self.0.len() - 1
             }
             None => {
-                let entries = TOP_KEYS.iter().zip(values);
-                return entries.filter_map(|(&k, v)| Some((k.to_owned(), v?))).collect();
+                let entries = TOP_KEYS.iter().zip(values.iter_mut());
+                return entries.filter_map(|(&k, v)| Some((k.to_owned(), v.take()?))).collect();
             }
         };
         let mut map = self.0[at].1.clone();
-        for (slot, value) in map.values_mut().zip(values.into_iter().flatten()) {
+        for (slot, value) in map.values_mut().zip(values.iter_mut().filter_map(Option::take)) {
             *slot = value;
         }
         map
@@ -1495,11 +1505,11 @@ mod tests {
                 for (i, key) in TOP_KEYS.iter().enumerate() {
                     if mask & 1 << i != 0 {
                         let value = json!([i, mask, round]);
-                        top.0[i] = Some(value.clone());
+                        top.set_at(i, value.clone());
                         inserted.insert(key.to_string(), value);
                     }
                 }
-                let built = shapes.map(top);
+                let built = shapes.map(&mut top);
                 assert_eq!(built, inserted, "mask {mask:#x}");
                 assert!(built.keys().eq(inserted.keys()));
             }
