@@ -56,6 +56,8 @@ pub struct FlowDecoder {
     expected: SequenceTracker<(IpAddr, u16, u32)>,
     /// Template cache totals at the last metrics sample.
     sampled: TemplateCacheTotals,
+    /// Prototypes of the top-level field maps seen.
+    shapes: Shapes,
 }
 
 impl Default for FlowDecoder {
@@ -152,7 +154,12 @@ impl FlowDecoder {
         }
         let parser = AutoScopedParser::try_with_builder(builder)
             .expect("the pending-flow settings above are valid");
-        FlowDecoder { parser, expected: SequenceTracker::default(), sampled: Default::default() }
+        FlowDecoder {
+            parser,
+            expected: SequenceTracker::default(),
+            sampled: Default::default(),
+            shapes: Shapes::default(),
+        }
     }
 
     /// Totals now, and their growth since the last call (for counters).
@@ -215,27 +222,27 @@ impl FlowDecoder {
             5 | 7 | 10 => flows.len() as u32,
             _ => 0,
         };
-        let mut fields = Map::new();
-        fields.insert("version".into(), Value::from(version));
+        let mut fields = TopFields::default();
+        fields.set(Top::Version, Value::from(version));
         if let Some(count) = outline.count {
-            fields.insert("count".into(), Value::from(count));
+            fields.set(Top::Count, Value::from(count));
         }
         if let Some(seq) = outline.sequence {
-            fields.insert("sequence".into(), Value::from(seq));
+            fields.set(Top::Sequence, Value::from(seq));
             let domain = outline.domain.unwrap_or(0);
             sequence = self.sequence((exporter.ip(), version, domain), seq, advance);
             if sequence.lost > 0 {
-                fields.insert("sequence_gap".into(), Value::from(sequence.lost));
+                fields.set(Top::SequenceGap, Value::from(sequence.lost));
             }
             if sequence.restarted {
-                fields.insert("exporter_restarted".into(), Value::Bool(true));
+                fields.set(Top::ExporterRestarted, Value::Bool(true));
             }
         }
         match (version, outline.domain) {
-            (9, Some(d)) => fields.insert("source_id".into(), Value::from(d)),
-            (10, Some(d)) => fields.insert("observation_domain".into(), Value::from(d)),
-            _ => None,
-        };
+            (9, Some(d)) => fields.set(Top::SourceId, Value::from(d)),
+            (10, Some(d)) => fields.set(Top::ObservationDomain, Value::from(d)),
+            _ => {}
+        }
         if matches!(version, 9 | 10) {
             // Data set ids from the datagram itself: the parser takes the
             // sets it holds for a missing template out of its output (and
@@ -249,7 +256,7 @@ impl FlowDecoder {
                 })
                 .count();
             if held > 0 {
-                fields.insert("pending".into(), Value::from(held));
+                fields.set(Top::Pending, Value::from(held));
                 parse_error.get_or_insert_with(|| {
                     ParseError::new(
                         "no_template",
@@ -263,12 +270,13 @@ impl FlowDecoder {
             let released: usize = outline.sets.iter().skip(own_sets).map(|&(_, n)| n).sum();
             if released > 0 && released <= flows.len() {
                 let earlier = flows.split_off(flows.len() - released);
-                fields.insert("released_flows".into(), Value::Array(earlier));
+                fields.set(Top::ReleasedFlows, Value::Array(earlier));
             }
-            fields.insert("template_ids".into(), ids(&outline.defined));
-            fields.insert("data_set_ids".into(), ids(&data));
+            fields.set(Top::TemplateIds, ids(&outline.defined));
+            fields.set(Top::DataSetIds, ids(&data));
         }
-        fields.insert("flows".into(), Value::Array(flows));
+        fields.set(Top::Flows, Value::Array(flows));
+        let fields = self.shapes.map(&mut fields);
         if parse_error.is_none() && result.packets.len() > 1 {
             parse_error = Some(ParseError::new(
                 "trailing_bytes",
@@ -276,6 +284,96 @@ impl FlowDecoder {
             ));
         }
         (Decoded { fields, parse_error, reply: None }, sequence)
+    }
+}
+
+/// The top-level fields of a flow record, in the order the map keeps them
+/// (sorted; `TOP_KEYS`).
+#[derive(Clone, Copy)]
+enum Top {
+    Count,
+    DataSetIds,
+    ExporterRestarted,
+    Flows,
+    ObservationDomain,
+    Pending,
+    ReleasedFlows,
+    Sequence,
+    SequenceGap,
+    SourceId,
+    TemplateIds,
+    Version,
+}
+
+const TOP_KEYS: [&str; 12] = [
+    "count",
+    "data_set_ids",
+    "exporter_restarted",
+    "flows",
+    "observation_domain",
+    "pending",
+    "released_flows",
+    "sequence",
+    "sequence_gap",
+    "source_id",
+    "template_ids",
+    "version",
+];
+
+/// A datagram's top-level values, gathered by key before the map is made,
+/// and which keys are set (bit i: `TOP_KEYS[i]`).
+#[derive(Default)]
+struct TopFields {
+    values: [Option<Value>; TOP_KEYS.len()],
+    mask: u16,
+}
+
+impl TopFields {
+    fn set(&mut self, key: Top, value: Value) {
+        self.set_at(key as usize, value);
+    }
+
+    fn set_at(&mut self, at: usize, value: Value) {
+        if let Some(slot) = self.values.get_mut(at) {
+            *slot = Some(value);
+            self.mask |= 1 << at;
+        }
+    }
+}
+
+/// Distinct key sets kept as prototypes; a datagram of another set gets a
+/// map built from its entries (few combinations occur: the version's own
+/// keys, with or without gaps, restarts, held and released data).
+const MAX_SHAPES: usize = 64;
+
+/// One prototype map (every value `null`) per set of top-level keys seen,
+/// by bit mask (bit i: `TOP_KEYS[i]`). A datagram's map is a clone of its
+/// set's prototype, filled: the clone copies the keys in order into one
+/// node, where inserting searched and shifted the node for each key (as
+/// for the flow objects, `FLOW_PROTOTYPE`).
+#[derive(Default)]
+struct Shapes(Vec<(u16, Map<String, Value>)>);
+
+impl Shapes {
+    fn map(&mut self, top: &mut TopFields) -> Map<String, Value> {
+        let (mask, values) = (top.mask, &mut top.values);
+        let at = match self.0.iter().position(|&(m, _)| m == mask) {
+            Some(at) => at,
+            None if self.0.len() < MAX_SHAPES => {
+                let keys = TOP_KEYS.iter().zip(values.iter()).filter(|(_, v)| v.is_some());
+                self.0.push((mask, keys.map(|(&k, _)| (k.to_owned(), Value::Null)).collect()));
+                self.0.len() - 1
+            }
+            None => {
+                let entries = TOP_KEYS.iter().zip(values.iter_mut());
+                return entries.filter_map(|(&k, v)| Some((k.to_owned(), v.take()?))).collect();
+            }
+        };
+        let mut map = self.0[at].1.clone();
+        for (slot, value) in map.values_mut().zip(values.iter_mut().filter_map(Option::take)) {
+            *slot = value;
+        }
+        map
     }
 }
 
@@ -529,32 +627,165 @@ fn flow(
     Value::Object(flow)
 }
 
-/// An address as its text (`Display`, as serde writes it), IPv4 without
-/// the formatting machinery: one allocation of the right size.
+/// An address as its text (`Display`, as serde writes it), without the
+/// formatting machinery (IPv6 through `fmt` was a sixth of building an
+/// IPFIX flow): written into a buffer on the stack, then one allocation of
+/// the right size. Property tests compare it with `Display`.
 fn address(ip: IpAddr) -> Value {
-    Value::String(match ip {
-        IpAddr::V4(v4) => {
-            let mut text = String::with_capacity(15);
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text.push('.');
-                }
-                if octet >= 100 {
-                    text.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    text.push(char::from(b'0' + octet / 10 % 10));
-                }
-                text.push(char::from(b'0' + octet % 10));
+    let mut text = Text::default();
+    match ip {
+        IpAddr::V4(v4) => text.ipv4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            // `Display` writes a mapped address as ::ffff:a.b.c.d.
+            Some(v4) => {
+                text.push_str(b"::ffff:");
+                text.ipv4(v4);
             }
-            text
+            None => text.ipv6(&v6.segments()),
+        },
+    }
+    Value::String(text.as_str().to_owned())
+}
+
+/// The longest address text: 8 groups of 4 hex digits and 7 colons.
+const ADDRESS_TEXT: usize = 39;
+
+/// An address's text on the stack (ASCII only).
+struct Text {
+    bytes: [u8; ADDRESS_TEXT],
+    len: usize,
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text { bytes: [0; ADDRESS_TEXT], len: 0 }
+    }
+}
+
+impl Text {
+    fn push(&mut self, byte: u8) {
+        // Never full: the longest text fits (`ADDRESS_TEXT`); ignored
+        // rather than a panic if it ever did not.
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
         }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write;
-            let mut text = String::with_capacity(39);
-            let _ = write!(text, "{v6}");
-            text
+    }
+
+    fn push_str(&mut self, bytes: &[u8]) {
+        bytes.iter().for_each(|&b| self.push(b));
+    }
+
+    fn ipv4(&mut self, v4: std::net::Ipv4Addr) {
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                self.push(b'.');
+            }
+            if octet >= 100 {
+                self.push(b'0' + octet / 100);
+            }
+            if octet >= 10 {
+                self.push(b'0' + octet / 10 % 10);
+            }
+            self.push(b'0' + octet % 10);
         }
+    }
+
+    /// Lower-case hex without leading zeros (`{:x}`).
+    fn hex(&mut self, group: u16) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut started = false;
+        for shift in [12, 8, 4, 0] {
+            let digit = (group >> shift) & 0xf;
+            if digit != 0 || started || shift == 0 {
+                self.push(DIGITS[usize::from(digit)]);
+                started = true;
+            }
+        }
+    }
+
+    fn groups(&mut self, groups: &[u16]) {
+        for (i, &group) in groups.iter().enumerate() {
+            if i > 0 {
+                self.push(b':');
+            }
+            self.hex(group);
+        }
+    }
+
+    /// RFC 5952 text as `Ipv6Addr`'s `Display` writes it: the first
+    /// longest run of two or more zero groups becomes `::`.
+    fn ipv6(&mut self, groups: &[u16; 8]) {
+        let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+        for (i, &group) in groups.iter().enumerate() {
+            if group == 0 {
+                if run_len == 0 {
+                    run = i;
+                }
+                run_len += 1;
+                if run_len > best_len {
+                    (best, best_len) = (run, run_len);
+                }
+            } else {
+                run_len = 0;
+            }
+        }
+        if best_len > 1 {
+            self.groups(&groups[..best]);
+            self.push_str(b"::");
+            self.groups(&groups[best + best_len..]);
+        } else {
+            self.groups(groups);
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits, hex letters, '.' and ':' are ever pushed.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+/// What a v9 or IPFIX field is to a flow object: one of the seven values
+/// it reports, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    SrcAddr,
+    DstAddr,
+    SrcPort,
+    DstPort,
+    Protocol,
+    FirstSeen,
+    LastSeen,
+}
+
+/// The role of a NetFlow v9 field (also IPFIX messages' v9-style sets).
+fn v9_role(field: &V9Field) -> Option<Role> {
+    Some(match field {
+        V9Field::Ipv4SrcAddr | V9Field::Ipv6SrcAddr => Role::SrcAddr,
+        V9Field::Ipv4DstAddr | V9Field::Ipv6DstAddr => Role::DstAddr,
+        V9Field::L4SrcPort => Role::SrcPort,
+        V9Field::L4DstPort => Role::DstPort,
+        V9Field::Protocol => Role::Protocol,
+        V9Field::FirstSwitched => Role::FirstSeen,
+        V9Field::LastSwitched => Role::LastSeen,
+        _ => return None,
+    })
+}
+
+/// The role of an IPFIX field: IANA elements only (an enterprise field of
+/// the same number is another element).
+fn ipfix_role(field: &IPFixField) -> Option<Role> {
+    use IANAIPFixField as F;
+    let IPFixField::IANA(field) = field else { return None };
+    Some(match field {
+        F::SourceIpv4address | F::SourceIpv6address => Role::SrcAddr,
+        F::DestinationIpv4address | F::DestinationIpv6address => Role::DstAddr,
+        F::SourceTransportPort => Role::SrcPort,
+        F::DestinationTransportPort => Role::DstPort,
+        F::ProtocolIdentifier => Role::Protocol,
+        F::FlowStartSysUpTime => Role::FirstSeen,
+        F::FlowEndSysUpTime => Role::LastSeen,
+        _ => return None,
     })
 }
 
@@ -573,48 +804,37 @@ struct Picked<'a> {
 }
 
 impl<'a> Picked<'a> {
-    fn v9(record: &'a [(V9Field, FieldValue)]) -> Self {
+    /// One loop for both field enums: `role` says what each field is.
+    fn of<F>(record: &'a [(F, FieldValue)], role: impl Fn(&F) -> Option<Role>) -> Self {
         let mut p = Picked::default();
         for (field, value) in record {
-            match field {
-                V9Field::Ipv4SrcAddr | V9Field::Ipv6SrcAddr => {
-                    p.src_addr = p.src_addr.or(Some(value))
+            let slot = match role(field) {
+                Some(Role::SrcAddr) => {
+                    p.src_addr = p.src_addr.or(Some(value));
+                    continue;
                 }
-                V9Field::Ipv4DstAddr | V9Field::Ipv6DstAddr => {
-                    p.dst_addr = p.dst_addr.or(Some(value))
+                Some(Role::DstAddr) => {
+                    p.dst_addr = p.dst_addr.or(Some(value));
+                    continue;
                 }
-                V9Field::L4SrcPort => p.src_port = Some(value),
-                V9Field::L4DstPort => p.dst_port = Some(value),
-                V9Field::Protocol => p.protocol = Some(value),
-                V9Field::FirstSwitched => p.first_seen = Some(value),
-                V9Field::LastSwitched => p.last_seen = Some(value),
-                _ => {}
-            }
+                Some(Role::SrcPort) => &mut p.src_port,
+                Some(Role::DstPort) => &mut p.dst_port,
+                Some(Role::Protocol) => &mut p.protocol,
+                Some(Role::FirstSeen) => &mut p.first_seen,
+                Some(Role::LastSeen) => &mut p.last_seen,
+                None => continue,
+            };
+            *slot = Some(value);
         }
         p
     }
 
+    fn v9(record: &'a [(V9Field, FieldValue)]) -> Self {
+        Picked::of(record, v9_role)
+    }
+
     fn ipfix(record: &'a [(IPFixField, FieldValue)]) -> Self {
-        use IANAIPFixField as F;
-        let mut p = Picked::default();
-        for (field, value) in record {
-            let IPFixField::IANA(field) = field else { continue };
-            match field {
-                F::SourceIpv4address | F::SourceIpv6address => {
-                    p.src_addr = p.src_addr.or(Some(value))
-                }
-                F::DestinationIpv4address | F::DestinationIpv6address => {
-                    p.dst_addr = p.dst_addr.or(Some(value))
-                }
-                F::SourceTransportPort => p.src_port = Some(value),
-                F::DestinationTransportPort => p.dst_port = Some(value),
-                F::ProtocolIdentifier => p.protocol = Some(value),
-                F::FlowStartSysUpTime => p.first_seen = Some(value),
-                F::FlowEndSysUpTime => p.last_seen = Some(value),
-                _ => {}
-            }
-        }
-        p
+        Picked::of(record, ipfix_role)
     }
 
     fn value(&self) -> Value {
@@ -1253,9 +1473,73 @@ mod tests {
         assert_eq!((released, held), (1, 1));
     }
 
+    /// Every set of top-level keys, through one `Shapes` (so past
+    /// `MAX_SHAPES` too, where maps are built by inserting), twice: the
+    /// same map as inserting the keys.
+    #[test]
+    fn top_level_maps_equal_inserted_ones_for_every_key_set() {
+        assert!(TOP_KEYS.is_sorted());
+        let named = [
+            (Top::Count, "count"),
+            (Top::DataSetIds, "data_set_ids"),
+            (Top::ExporterRestarted, "exporter_restarted"),
+            (Top::Flows, "flows"),
+            (Top::ObservationDomain, "observation_domain"),
+            (Top::Pending, "pending"),
+            (Top::ReleasedFlows, "released_flows"),
+            (Top::Sequence, "sequence"),
+            (Top::SequenceGap, "sequence_gap"),
+            (Top::SourceId, "source_id"),
+            (Top::TemplateIds, "template_ids"),
+            (Top::Version, "version"),
+        ];
+        assert_eq!(named.len(), TOP_KEYS.len());
+        for (key, name) in named {
+            assert_eq!(TOP_KEYS[key as usize], name);
+        }
+        let mut shapes = Shapes::default();
+        for round in 0..2 {
+            for mask in 0u16..1 << TOP_KEYS.len() {
+                let mut top = TopFields::default();
+                let mut inserted = Map::new();
+                for (i, key) in TOP_KEYS.iter().enumerate() {
+                    if mask & 1 << i != 0 {
+                        let value = json!([i, mask, round]);
+                        top.set_at(i, value.clone());
+                        inserted.insert(key.to_string(), value);
+                    }
+                }
+                let built = shapes.map(&mut top);
+                assert_eq!(built, inserted, "mask {mask:#x}");
+                assert!(built.keys().eq(inserted.keys()));
+            }
+        }
+        assert_eq!(shapes.0.len(), MAX_SHAPES);
+    }
+
     #[test]
     fn addresses_are_written_as_display_writes_them() {
-        for ip in ["0.0.0.0", "192.0.2.10", "198.18.255.100", "255.255.255.255", "2001:db8::1"] {
+        let texts = [
+            "0.0.0.0",
+            "192.0.2.10",
+            "198.18.255.100",
+            "255.255.255.255",
+            "2001:db8::1",
+            "::",
+            "::1",
+            "1::",
+            "::ffff:192.0.2.1",
+            "::ffff:0.0.0.0",
+            "::192.0.2.1",
+            "64:ff9b::c000:201",
+            "2001:db8:0:1:0:0:1:0",
+            "2001:db8::1:0:0:1",
+            "2001:0:0:1::1",
+            "1:0:1:0:1:0:1:0",
+            "fe80::a:bc:def:1234",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ];
+        for ip in texts {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(address(ip), Value::String(ip.to_string()));
         }
@@ -1334,6 +1618,27 @@ mod tests {
             for ip in [IpAddr::from(v4.to_be_bytes()), IpAddr::from(v6.to_be_bytes())] {
                 proptest::prop_assert_eq!(address(ip), Value::String(ip.to_string()));
             }
+        }
+
+        /// IPv6 addresses with runs of zero groups (where `::` goes) and
+        /// the IPv4-mapped and -compatible forms, which random 128-bit
+        /// values almost never are.
+        #[test]
+        fn sparse_ipv6_addresses_are_written_as_display_writes_them(
+            groups in proptest::array::uniform8(proptest::prop_oneof![
+                3 => proptest::strategy::Just(0u16),
+                1 => 1u16..16,
+                1 => proptest::num::u16::ANY,
+            ]),
+            mapped: bool,
+        ) {
+            let mut groups = groups;
+            if mapped {
+                groups[..5].fill(0);
+                groups[5] = 0xffff;
+            }
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(groups));
+            proptest::prop_assert_eq!(address(ip), Value::String(ip.to_string()));
         }
     }
 }

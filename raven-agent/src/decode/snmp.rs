@@ -247,14 +247,68 @@ fn varbind_value(val: &VarBindValue) -> (&'static str, Value) {
     }
 }
 
-/// One varbind as `{"oid", "type", "value"}`; built as a map directly
-/// (`json!` goes through `serde_json::to_value` for every part).
+/// A map with `keys` (which must be sorted, as the map keeps them), every
+/// value `null`: cloned and filled ([`filled`]) for each object of that
+/// shape. A clone copies the keys in order into one node; inserting them
+/// searched the node for each key and shifted the entries after it (the
+/// inserts and their key compares were a fifth of a v2c trap's decode
+/// time, `docs/benchmarks.md`).
+fn prototype(keys: &[&str]) -> Map<String, Value> {
+    debug_assert!(keys.is_sorted(), "{keys:?}");
+    keys.iter().map(|&k| (k.to_owned(), Value::Null)).collect()
+}
+
+/// A clone of `prototype` with `values` in its keys' order.
+fn filled(
+    prototype: &Map<String, Value>,
+    values: impl IntoIterator<Item = Value>,
+) -> Map<String, Value> {
+    let mut object = prototype.clone();
+    let mut values = values.into_iter();
+    for slot in object.values_mut() {
+        *slot = values.next().unwrap_or(Value::Null);
+    }
+    debug_assert!(values.next().is_none(), "more values than keys");
+    object
+}
+
+/// `{"oid", "type", "value"}`.
+static VARBIND: std::sync::LazyLock<Map<String, Value>> =
+    std::sync::LazyLock::new(|| prototype(&["oid", "type", "value"]));
+
+/// One varbind as `{"oid", "type", "value"}`.
 fn varbind(oid: String, kind: &'static str, value: Value) -> Value {
-    let mut object = Map::new();
-    object.insert("oid".to_owned(), Value::String(oid));
-    object.insert("type".to_owned(), Value::String(kind.to_owned()));
-    object.insert("value".to_owned(), value);
-    Value::Object(object)
+    Value::Object(filled(&VARBIND, [Value::String(oid), Value::String(kind.to_owned()), value]))
+}
+
+/// A PDU's varbinds, and the values of sysUpTime.0 (TimeTicks) and
+/// snmpTrapOID.0 (an OID) among them (the last of each, if repeated).
+struct Varbinds {
+    list: Vec<Value>,
+    uptime: Option<u32>,
+    trap_oid: Option<String>,
+}
+
+fn varbinds(vars: &[SnmpVariable]) -> Varbinds {
+    let mut out = Varbinds { list: Vec::with_capacity(vars.len()), uptime: None, trap_oid: None };
+    for v in vars {
+        let oid = oid_string(&v.oid);
+        let (kind, value) = varbind_value(&v.val);
+        if oid == SYS_UPTIME
+            && let VarBindValue::Value(ObjectSyntax::TimeTicks(t)) = v.val
+        {
+            out.uptime = Some(t);
+        }
+        // The value is already text: copied, not converted again.
+        if oid == SNMP_TRAP_OID
+            && let (VarBindValue::Value(ObjectSyntax::Object(_)), Value::String(trap)) =
+                (&v.val, &value)
+        {
+            out.trap_oid = Some(trap.clone());
+        }
+        out.list.push(varbind(oid, kind, value));
+    }
+    out
 }
 
 fn pdu_fields(pdu: &SnmpPdu, fields: &mut Map<String, Value>) {
@@ -281,33 +335,62 @@ fn pdu_fields(pdu: &SnmpPdu, fields: &mut Map<String, Value>) {
             &t.var
         }
     };
-    let mut varbinds = Vec::with_capacity(vars.len());
-    for v in vars {
-        let oid = oid_string(&v.oid);
-        let (kind, value) = varbind_value(&v.val);
-        if oid == SYS_UPTIME
-            && let VarBindValue::Value(ObjectSyntax::TimeTicks(t)) = v.val
-        {
-            fields.insert("uptime".into(), Value::from(t));
-        }
-        // The value is already text: copied, not converted again.
-        if oid == SNMP_TRAP_OID
-            && let (VarBindValue::Value(ObjectSyntax::Object(_)), Value::String(trap)) =
-                (&v.val, &value)
-        {
-            fields.insert("trap_oid".into(), Value::String(trap.clone()));
-        }
-        varbinds.push(varbind(oid, kind, value));
+    let Varbinds { list, uptime, trap_oid } = varbinds(vars);
+    if let Some(t) = uptime {
+        fields.insert("uptime".into(), Value::from(t));
     }
-    fields.insert("varbinds".into(), Value::Array(varbinds));
+    if let Some(trap) = trap_oid {
+        fields.insert("trap_oid".into(), Value::String(trap));
+    }
+    fields.insert("varbinds".into(), Value::Array(list));
 }
 
-/// A v1/v2c message into fields; the parser's community string is moved,
-/// not copied.
-fn community_fields(version: &str, m: SnmpMessage, fields: &mut Map<String, Value>) {
-    fields.insert("version".into(), Value::String(version.to_owned()));
-    fields.insert("community".into(), Value::String(m.community));
-    pdu_fields(&m.pdu, fields);
+/// The fields of a v1/v2c message with a generic PDU (traps, informs,
+/// gets, responses), by whether it has `uptime` and `trap_oid`: index
+/// `uptime as usize * 2 + trap_oid as usize`.
+static COMMUNITY_GENERIC: std::sync::LazyLock<[Map<String, Value>; 4]> =
+    std::sync::LazyLock::new(|| {
+        let with = |uptime: bool, trap_oid: bool| {
+            let keys = [
+                Some("community"),
+                Some("pdu_type"),
+                Some("request_id"),
+                trap_oid.then_some("trap_oid"),
+                uptime.then_some("uptime"),
+                Some("varbinds"),
+                Some("version"),
+            ];
+            prototype(&keys.into_iter().flatten().collect::<Vec<_>>())
+        };
+        [with(false, false), with(false, true), with(true, false), with(true, true)]
+    });
+
+/// A v1/v2c message's fields; the parser's community string is moved,
+/// not copied. A generic PDU fills a prototype; a bulk or v1 trap PDU is
+/// inserted.
+fn community_fields(version: &str, m: SnmpMessage) -> Map<String, Value> {
+    let SnmpMessage { community, pdu, .. } = m;
+    let SnmpPdu::Generic(p) = &pdu else {
+        let mut fields = Map::new();
+        fields.insert("version".into(), Value::String(version.to_owned()));
+        fields.insert("community".into(), Value::String(community));
+        pdu_fields(&pdu, &mut fields);
+        return fields;
+    };
+    let Varbinds { list, uptime, trap_oid } = varbinds(&p.var);
+    let prototype =
+        &COMMUNITY_GENERIC[usize::from(uptime.is_some()) * 2 + usize::from(trap_oid.is_some())];
+    // In the prototype's (sorted) key order; absent ones are not in it.
+    let values = [
+        Some(Value::String(community)),
+        Some(Value::String(pdu_name(p.pdu_type).to_owned())),
+        Some(Value::from(p.req_id)),
+        trap_oid.map(Value::String),
+        uptime.map(Value::from),
+        Some(Value::Array(list)),
+        Some(Value::String(version.to_owned())),
+    ];
+    filled(prototype, values.into_iter().flatten())
 }
 
 pub const REPORT: u8 = 0xA8;
@@ -453,10 +536,10 @@ impl SnmpDecoder {
             Ok((rest, message)) => {
                 let mut error = None;
                 match message {
-                    SnmpGenericMessage::V1(m) => community_fields("1", m, &mut fields),
+                    SnmpGenericMessage::V1(m) => fields = community_fields("1", m),
                     SnmpGenericMessage::V2(m) => {
                         let inform = m.pdu_type() == PduType::InformRequest;
-                        community_fields("2c", m, &mut fields);
+                        fields = community_fields("2c", m);
                         if inform
                             && let Some(Message::Community { pdu_tag: INFORM, pdu_at, .. }) =
                                 classify(payload)
@@ -995,7 +1078,7 @@ mod tests {
         match message {
             SnmpGenericMessage::V1(m) | SnmpGenericMessage::V2(m) => {
                 before::community_fields("x", &m, &mut old);
-                community_fields("x", m, &mut fast);
+                fast = community_fields("x", m);
             }
             SnmpGenericMessage::V3(m) => {
                 let ScopedPduData::Plaintext(scoped) = &m.data else { return Ok(0) };
