@@ -318,6 +318,7 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
                 block_records: repack.block_records.unwrap_or(defaults.block_records).max(1),
                 max_segments: repack.max_segments.unwrap_or(usize::MAX),
                 max_bytes: u64::MAX,
+                max_scans: usize::MAX,
             };
             // One pass does every segment that qualifies within the limits;
             // the totals are what it did.

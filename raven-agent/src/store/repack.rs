@@ -87,6 +87,12 @@ pub struct RepackLimits {
     pub max_segments: usize,
     /// Bytes of segments (before) per pass; the first always goes.
     pub max_bytes: u64,
+    /// Segments a pass scans (their block headers) to learn how many
+    /// blocks they have. Each is looked at once per process, so a store of
+    /// many segments already in large blocks costs a few passes a little
+    /// I/O each, never one long pass (block lists that readers cached cost
+    /// nothing).
+    pub max_scans: usize,
 }
 
 impl RepackLimits {
@@ -96,6 +102,7 @@ impl RepackLimits {
             block_records: config.repack_block_records.max(1),
             max_segments: config.repack_max_segments_per_pass,
             max_bytes: config.repack_max_bytes_per_pass,
+            max_scans: 64,
         }
     }
 
@@ -175,11 +182,12 @@ pub(crate) enum Stop {
 /// change, so each is looked at once.
 #[derive(Default)]
 pub(super) struct Memory {
-    /// Blocks and format version of sealed segments looked at, by row id.
-    looked: HashMap<i64, (u64, u16)>,
+    /// Blocks and format version of sealed segments looked at, by path
+    /// (unique, and new for a re-packed file; a row id may be reused).
+    looked: HashMap<String, (u64, u16)>,
     /// Segments whose re-pack failed for a reason of their own (damage):
     /// not tried again until a restart.
-    refused: HashSet<i64>,
+    refused: HashSet<String>,
 }
 
 /// `<first_seq>.r<n>.seg` of the file replacing `old` (`<first_seq>.seg` or
@@ -287,11 +295,13 @@ impl Store {
                 .filter(|r| r.state == "sealed" && r.records > 0 && !open.contains(&r.id))
                 .collect()
         };
-        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
-        memory.looked.retain(|id, _| ids.contains(id));
-        memory.refused.retain(|id| ids.contains(id));
         rows.sort_by_key(|r| std::cmp::Reverse((r.last_ts.unwrap_or(0), r.id)));
+        let paths: HashSet<&str> = rows.iter().map(|r| r.path.as_str()).collect();
+        memory.looked.retain(|path, _| paths.contains(path.as_str()));
+        memory.refused.retain(|path| paths.contains(path.as_str()));
+        drop(paths);
         let mut done = Repacked::default();
+        let mut scans = 0;
         for row in rows {
             if done.segments as usize >= limits.max_segments {
                 break;
@@ -299,22 +309,28 @@ impl Store {
             if done.segments > 0 && done.bytes_before + row.stored_bytes > limits.max_bytes {
                 continue; // a smaller one may still fit
             }
-            if memory.refused.contains(&row.id) {
+            if memory.refused.contains(&row.path) {
                 continue;
             }
-            let (blocks, version) = match memory.looked.get(&row.id) {
-                Some(seen) => *seen,
-                None => {
+            let cached = || {
+                let state = self.state();
+                let blocks = state.blocks.get(&row.id)?;
+                Some((blocks.len() as u64, blocks.first()?.version))
+            };
+            let (blocks, version) = match memory.looked.get(&row.path).copied().or_else(cached) {
+                Some(seen) => seen,
+                None if scans < limits.max_scans => {
+                    scans += 1;
                     // Block headers only: the CRCs are checked when the
                     // blocks are read to be re-packed.
                     let Ok(scan) = segment::scan(&self.inner.dir.join(&row.path), false) else {
                         continue; // gone or unreadable: retention or verify deal with it
                     };
-                    let seen = (scan.blocks.len() as u64, scan.version);
-                    memory.looked.insert(row.id, seen);
-                    seen
+                    (scan.blocks.len() as u64, scan.version)
                 }
+                None => continue,
             };
+            memory.looked.insert(row.path.clone(), (blocks, version));
             if version != segment::VERSION || !limits.wants(row.records, blocks) {
                 continue;
             }
@@ -326,13 +342,12 @@ impl Store {
                     done.blocks_after += outcome.blocks_after;
                     done.bytes_before += outcome.bytes_before;
                     done.bytes_after += outcome.bytes_after;
-                    memory.looked.insert(outcome.id, (outcome.blocks_after, segment::VERSION));
                 }
                 Ok(None) => {}
                 Err(failure) => {
                     done.failed += 1;
                     if !failure.transient() {
-                        memory.refused.insert(row.id);
+                        memory.refused.insert(row.path.clone());
                     }
                 }
             }
@@ -675,6 +690,7 @@ mod tests {
             block_records: 1000,
             max_segments: 1,
             max_bytes: 1,
+            max_scans: 1,
         };
         assert!(limits.wants(2000, 1000), "2 records per block");
         assert!(!limits.wants(200_000, 1000), "200 per block");

@@ -259,6 +259,7 @@ const TEST_REPACK: repack::RepackLimits = repack::RepackLimits {
     block_records: 64,
     max_segments: 2,
     max_bytes: u64::MAX,
+    max_scans: usize::MAX,
 };
 
 fn op() -> impl Strategy<Value = Op> {
@@ -726,6 +727,7 @@ const REPACK_ALL: repack::RepackLimits = repack::RepackLimits {
     block_records: 1000,
     max_segments: usize::MAX,
     max_bytes: u64::MAX,
+    max_scans: usize::MAX,
 };
 
 /// A store of every shared capture's records (each stream decoded by the
@@ -819,6 +821,9 @@ fn repacking_leaves_the_open_segment_version_1_and_large_blocks_alone() {
     }
     let limits =
         repack::RepackLimits { min_records_per_block: 100, block_records: 50, ..REPACK_ALL };
+    // A pass that may not look at any segment's blocks does nothing.
+    let blind = repack::RepackLimits { max_scans: 0, block_records: 1000, ..limits };
+    assert_eq!(store.repack_pass(&blind).unwrap(), repack::Repacked::default());
     assert_eq!(store.repack_pass(&limits).unwrap(), repack::Repacked::default());
     let wider = repack::RepackLimits { block_records: 1000, ..limits };
     let done = store.repack_pass(&wider).unwrap();
