@@ -124,6 +124,9 @@ pub struct Repacked {
     pub blocks_after: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// The longest a re-pack held the state lock (appends and readers
+    /// wait for it): the swap, never the compression (microseconds).
+    pub longest_lock_us: u64,
     /// Re-packs given up (counted by reason in the metrics).
     pub failed: u64,
 }
@@ -138,6 +141,8 @@ pub struct Outcome {
     pub blocks_after: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// How long the swap held the state lock.
+    pub lock_held: std::time::Duration,
 }
 
 /// Why a re-pack was given up; the segment stays as it was.
@@ -342,6 +347,8 @@ impl Store {
                     done.blocks_after += outcome.blocks_after;
                     done.bytes_before += outcome.bytes_before;
                     done.bytes_after += outcome.bytes_after;
+                    done.longest_lock_us =
+                        done.longest_lock_us.max(outcome.lock_held.as_micros() as u64);
                 }
                 Ok(None) => {}
                 Err(failure) => {
@@ -379,7 +386,9 @@ impl Store {
                 tracing::info!(segment = %row.path, stream = %row.stream,
                     records = outcome.records, blocks_before = outcome.blocks_before,
                     blocks_after = outcome.blocks_after, bytes_before = outcome.bytes_before,
-                    bytes_after = outcome.bytes_after, "re-packed a segment of small blocks");
+                    bytes_after = outcome.bytes_after,
+                    lock_held_us = outcome.lock_held.as_micros() as u64,
+                    "re-packed a segment of small blocks");
                 if stop.is_none() {
                     metrics::emit(metrics::StoreRepacked {
                         stream: row.stream,
@@ -445,19 +454,21 @@ impl Store {
             }
         };
         let blocks_before = scan.blocks.len() as u64;
-        let outcome = |id| Outcome {
+        let outcome = |id, lock_held| Outcome {
             id,
             records: row.records,
             blocks_before,
             blocks_after: writer.blocks.len() as u64,
             bytes_before: scan.file_len,
             bytes_after: writer.len,
+            lock_held,
         };
         if stop == Some(Stop::Written) {
-            return Ok(Some(outcome(row.id)));
+            return Ok(Some(outcome(row.id, Default::default())));
         }
         // Step 2, under the state lock: nothing else moves the row meanwhile.
         let mut state = self.state();
+        let locked = std::time::Instant::now();
         let current = match state.index.segments(Some(row.stream)) {
             Ok(rows) => rows.into_iter().find(|r| r.id == row.id),
             Err(e) => {
@@ -487,7 +498,7 @@ impl Store {
             return Err(RepackFailure::io(e));
         }
         if stop == Some(Stop::Renamed) {
-            return Ok(Some(outcome(row.id)));
+            return Ok(Some(outcome(row.id, locked.elapsed())));
         }
         let relative = self.relative(&new_path);
         let id = match state.index.replace_segment(row.id, &relative, writer.len) {
@@ -504,8 +515,9 @@ impl Store {
         state.blocks.remove(&row.id);
         state.blocks.insert(id, writer.blocks.clone());
         drop(state);
+        let lock_held = locked.elapsed();
         if stop == Some(Stop::Swapped) {
-            return Ok(Some(outcome(id)));
+            return Ok(Some(outcome(id, lock_held)));
         }
         // Step 3: the old file. Should this fail, start-up removes it.
         drop(old);
@@ -516,7 +528,7 @@ impl Store {
             }
             _ => {}
         }
-        Ok(Some(outcome(id)))
+        Ok(Some(outcome(id, lock_held)))
     }
 
     /// Step 1: the new file under its temporary name, every block read
