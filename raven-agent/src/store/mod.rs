@@ -441,9 +441,7 @@ impl Store {
                 self.quarantine(&mut state, &path, row.as_ref(), reason)?;
                 continue;
             }
-            if row.is_none()
-                && self.remove_if_repack_leftover(&state.index, stream, &path, &scan)?
-            {
+            if row.is_none() && self.remove_if_repack_leftover(&mut state, stream, &path, &scan)? {
                 continue;
             }
             if scan.torn_tail || scan.valid_len < scan.file_len {

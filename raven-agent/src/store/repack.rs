@@ -645,15 +645,19 @@ impl Store {
     /// Start-up: a segment file the index does not know whose records a
     /// sealed, indexed segment of the same stream (with its file there)
     /// already holds is what an interrupted re-pack left — its new file
-    /// before the swap, or its old one after — and is removed. Returns
-    /// whether it was.
+    /// before the swap, or its old one after — and is removed, once the
+    /// holder's every block passes its CRC (sealed segments are otherwise
+    /// trusted at start-up). Should the holder not, the spare copy is moved
+    /// to `quarantine/` instead: kept, not indexed twice. Returns whether
+    /// the file went either way.
     pub(super) fn remove_if_repack_leftover(
         &self,
-        index: &super::Index,
+        state: &mut super::State,
         stream: Stream,
         path: &Path,
         scan: &segment::Scan,
     ) -> Result<bool, StoreError> {
+        let index = &state.index;
         let (Some(first), Some(last)) = (scan.blocks.first(), scan.blocks.last()) else {
             return Ok(false);
         };
@@ -668,6 +672,17 @@ impl Store {
                 && self.inner.dir.join(&r.path).exists()
         });
         let Some(holder) = holder else { return Ok(false) };
+        let sound = segment::scan(&self.inner.dir.join(&holder.path), true).is_ok_and(|h| {
+            h.corrupt.is_none()
+                && !h.torn_tail
+                && h.blocks.first().is_some_and(|b| b.first_seq <= first)
+                && h.blocks.last().is_some_and(|b| b.last_seq() >= last)
+        });
+        if !sound {
+            let reason = format!("a spare copy of {}, which does not verify", holder.path);
+            self.quarantine(state, path, None, &reason)?;
+            return Ok(true);
+        }
         tracing::warn!(segment = %relative, %stream, held_by = %holder.path,
             reason = "repack_leftover",
             "removing a segment file whose records an indexed segment holds (an interrupted re-pack)");

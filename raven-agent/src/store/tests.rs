@@ -910,7 +910,9 @@ fn a_segment_evicted_during_its_repack_stays_evicted() {
 /// Readers in the agent (the forwarder: `read` from a sequence number, in
 /// small batches) and in a read-only process (`segments cat`: a fresh
 /// index connection, `read_range`) keep reading while every segment is
-/// re-packed: each read sees every record once, in order, identical.
+/// re-packed: each read sees every record once, in order, identical. (The
+/// read-only reader meets a file deleted under it once or twice a run:
+/// the retry `a_read_that_finds_its_file_gone_...` tests on its own.)
 #[test]
 fn readers_during_a_repack_see_every_record_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -962,4 +964,51 @@ fn readers_during_a_repack_see_every_record_once_in_order() {
     });
     assert!(forwarded >= 2 && catted >= 2);
     assert_eq!(store.read(Stream::Syslog, 0, usize::MAX).unwrap(), expected);
+}
+
+#[test]
+fn a_read_that_finds_its_file_gone_starts_over_a_few_times_only() {
+    let gone = || StoreError::Io(io::Error::from(io::ErrorKind::NotFound));
+    let mut calls = 0;
+    let got = retry_vanished(|| {
+        calls += 1;
+        if calls < 3 { Err(gone()) } else { Ok(calls) }
+    });
+    assert_eq!(got.unwrap(), 3, "a re-pack's swap: the next look at the index finds the new file");
+    let mut calls = 0;
+    let got: Result<(), _> = retry_vanished(|| {
+        calls += 1;
+        Err(gone())
+    });
+    assert!(matches!(got, Err(StoreError::Io(_))) && calls == 4, "a file really gone: an error");
+    let mut calls = 0;
+    let got: Result<(), _> = retry_vanished(|| {
+        calls += 1;
+        Err(StoreError::Damaged { offset: 0, reason: "CRC".into() })
+    });
+    assert!(matches!(got, Err(StoreError::Damaged { .. })) && calls == 1, "damage is not retried");
+}
+
+#[test]
+fn a_spare_copy_is_kept_in_quarantine_when_the_indexed_one_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let row = store.segments(Some(Stream::Syslog)).unwrap().remove(1);
+    // Interrupted after the swap: the old file is still there, and then
+    // the new (indexed) one is damaged.
+    store.repack_until(&row, &REPACK_ALL, Some(repack::Stop::Swapped)).unwrap().unwrap();
+    let new = store.segments(Some(Stream::Syslog)).unwrap().remove(1);
+    assert!(new.path.ends_with(".r1.seg"), "{new:?}");
+    drop(store);
+    let mut file = OpenOptions::new().write(true).open(dir.path().join(&new.path)).unwrap();
+    file.seek(SeekFrom::Start(segment::HEADER_LEN + segment::BLOCK_HEADER_LEN + 5)).unwrap();
+    file.write_all(b"\xff\xff\xff").unwrap();
+    drop(file);
+    let store = Store::open(&config(dir.path())).unwrap();
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, [row.path.replace('/', "_")], "the old file is kept aside, not deleted");
+    assert_one_file_per_segment(dir.path(), &store);
 }
