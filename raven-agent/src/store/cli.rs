@@ -319,6 +319,7 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
                 max_segments: repack.max_segments.unwrap_or(usize::MAX),
                 max_bytes: u64::MAX,
                 max_scans: usize::MAX,
+                ..defaults
             };
             // One pass does every segment that qualifies within the limits;
             // the totals are what it did.

@@ -93,6 +93,10 @@ pub struct RepackLimits {
     /// I/O each, never one long pass (block lists that readers cached cost
     /// nothing).
     pub max_scans: usize,
+    /// A segment is only re-packed while the disk keeps this much free
+    /// besides room for a copy of it (`store.min_free_bytes`): re-packing
+    /// must never make appends find the disk full and evict.
+    pub min_free_bytes: u64,
 }
 
 impl RepackLimits {
@@ -103,6 +107,7 @@ impl RepackLimits {
             max_segments: config.repack_max_segments_per_pass,
             max_bytes: config.repack_max_bytes_per_pass,
             max_scans: 64,
+            min_free_bytes: config.min_free_bytes,
         }
     }
 
@@ -149,8 +154,8 @@ pub struct Outcome {
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}: {detail}")]
 pub struct RepackFailure {
-    /// The metric's label: `damaged`, `mismatch`, `disk_full`, `io`,
-    /// `index`, `verify`, `segment_gone`.
+    /// The metric's label: `damaged`, `mismatch`, `disk_full`, `no_room`,
+    /// `io`, `index`, `verify`, `segment_gone`.
     pub reason: &'static str,
     pub detail: String,
 }
@@ -168,7 +173,7 @@ impl RepackFailure {
     /// Worth trying again on a later pass (a transient condition), or not
     /// (the segment itself is the problem: `segments verify` tells).
     fn transient(&self) -> bool {
-        matches!(self.reason, "disk_full" | "io" | "index" | "segment_gone")
+        matches!(self.reason, "disk_full" | "no_room" | "io" | "index" | "segment_gone")
     }
 }
 
@@ -419,6 +424,15 @@ impl Store {
     ) -> Result<Option<Outcome>, RepackFailure> {
         if row.state != "sealed" {
             return Ok(None);
+        }
+        let (_, free) = super::disk_space(&self.inner.dir);
+        if free < limits.min_free_bytes.saturating_add(row.stored_bytes) {
+            return Err(RepackFailure::new(
+                "no_room",
+                format!(
+                    "{free} bytes free, store.min_free_bytes plus a copy of the segment needed"
+                ),
+            ));
         }
         let old_path = self.inner.dir.join(&row.path);
         let gone_or = |reason: &'static str, detail: String| {
@@ -718,6 +732,7 @@ mod tests {
             max_segments: 1,
             max_bytes: 1,
             max_scans: 1,
+            min_free_bytes: 0,
         };
         assert!(limits.wants(2000, 1000), "2 records per block");
         assert!(!limits.wants(200_000, 1000), "200 per block");

@@ -260,6 +260,7 @@ const TEST_REPACK: repack::RepackLimits = repack::RepackLimits {
     max_segments: 2,
     max_bytes: u64::MAX,
     max_scans: usize::MAX,
+    min_free_bytes: 0,
 };
 
 fn op() -> impl Strategy<Value = Op> {
@@ -728,6 +729,7 @@ const REPACK_ALL: repack::RepackLimits = repack::RepackLimits {
     max_segments: usize::MAX,
     max_bytes: u64::MAX,
     max_scans: usize::MAX,
+    min_free_bytes: 0,
 };
 
 /// A store of every shared capture's records (each stream decoded by the
@@ -1011,4 +1013,21 @@ fn a_spare_copy_is_kept_in_quarantine_when_the_indexed_one_does_not_verify() {
         .collect();
     assert_eq!(kept, [row.path.replace('/', "_")], "the old file is kept aside, not deleted");
     assert_one_file_per_segment(dir.path(), &store);
+}
+
+#[test]
+fn no_repack_without_room_for_a_copy_above_the_free_space_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let before = everything(&store);
+    let (_, free) = disk_space(dir.path());
+    let crowded = repack::RepackLimits { min_free_bytes: free, ..REPACK_ALL };
+    let done = store.repack_pass(&crowded).unwrap();
+    assert!(done.segments == 0 && done.failed > 0, "{done:?}");
+    let row = store.segments(Some(Stream::Syslog)).unwrap().remove(0);
+    assert_eq!(store.repack_segment(&row, &crowded).unwrap_err().reason, "no_room");
+    assert_eq!(everything(&store), before);
+    assert_one_file_per_segment(dir.path(), &store);
+    // With room, the same pass goes ahead (the refusal was not remembered).
+    assert!(store.repack_pass(&REPACK_ALL).unwrap().segments > 0);
 }
