@@ -175,3 +175,83 @@ fn acknowledged_records_survive_injected_io_faults() {
     assert_eq!(first_difference, None, "stored differs from acknowledged");
     common::assert_store_verifies(dir.path());
 }
+
+/// Re-packing (`raven-agent store repack`) under SIGKILL: a store of small
+/// blocks (batches of 3, many segments) is re-packed by a child killed at
+/// random moments, again and again. After every kill, `segments cat` (read
+/// only: what the index names, nothing repaired) prints exactly what it
+/// printed before, and the store verifies; the next start removes what the
+/// killed one left, and in the end every segment is re-packed, with no
+/// file left over.
+#[test]
+fn repacking_survives_random_sigkills() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = Command::new(AGENT)
+        .args(["store", "--data-dir"])
+        .arg(dir.path())
+        .args(["load", "--records", "9000", "--batch", "3", "--segment-max-bytes", "16384"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(load.status.success(), "{}", String::from_utf8_lossy(&load.stderr));
+    let before = common::segments_cat(dir.path(), None);
+    assert_eq!(before.len(), 9000);
+    let segment_files = |dir: &std::path::Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for day in std::fs::read_dir(dir.join("segments/syslog")).unwrap().flatten() {
+            for f in std::fs::read_dir(day.path()).unwrap().flatten() {
+                out.push(f.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        out
+    };
+    let segments = segment_files(dir.path()).len();
+    assert!(segments > 10, "{segments} segments");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    // Kills that left the store part re-packed (what this test is about).
+    let mut midway = 0;
+    for round in 0..40 {
+        let mut child = Command::new(AGENT)
+            .args(["store", "--data-dir"])
+            .arg(dir.path())
+            .arg("repack")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        thread::sleep(Duration::from_millis(20 + rng % 150));
+        if child.try_wait().unwrap().is_some_and(|status| status.success()) {
+            println!("round {round}: the re-pack finished before the kill");
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(common::segments_cat(dir.path(), None), before, "round {round}");
+        common::assert_store_verifies(dir.path());
+        let repacked = segment_files(dir.path()).iter().filter(|f| f.contains(".r1.")).count();
+        if repacked > 0 && repacked < segments {
+            midway += 1;
+        }
+    }
+    println!("{midway} kills landed in the middle of a re-pack");
+    assert!(midway >= 3, "only {midway} kills landed in the middle of a re-pack");
+    let done = Command::new(AGENT)
+        .args(["store", "--data-dir"])
+        .arg(dir.path())
+        .arg("repack")
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(common::segments_cat(dir.path(), None), before);
+    common::assert_store_verifies(dir.path());
+    let files = segment_files(dir.path());
+    assert!(
+        files.iter().all(|f| f.ends_with(".r1.seg")),
+        "every segment re-packed once: {files:?}"
+    );
+    assert_eq!(files.len(), segments, "one file per segment, nothing left over");
+}

@@ -208,6 +208,18 @@ pub struct StoreConfig {
     pub flush_interval_ms: u64,
     /// ... or until this many records are waiting.
     pub flush_max_records: usize,
+    /// Re-pack sealed segments of small blocks into large ones during
+    /// maintenance (`store::repack`).
+    pub repack_enabled: bool,
+    /// A sealed segment whose blocks hold fewer records than this on
+    /// average is re-packed.
+    pub repack_min_records_per_block: u64,
+    /// Records per block of a re-packed segment.
+    pub repack_block_records: usize,
+    /// At most this many segments ...
+    pub repack_max_segments_per_pass: usize,
+    /// ... and this many bytes of them (at least one) per maintenance pass.
+    pub repack_max_bytes_per_pass: u64,
 }
 
 impl Default for StoreConfig {
@@ -225,6 +237,11 @@ impl Default for StoreConfig {
             cleanup_interval_s: 3600,
             flush_interval_ms: 10,
             flush_max_records: 16384,
+            repack_enabled: true,
+            repack_min_records_per_block: 100,
+            repack_block_records: 1000,
+            repack_max_segments_per_pass: 8,
+            repack_max_bytes_per_pass: 512 << 20,
         }
     }
 }
@@ -256,6 +273,11 @@ impl StoreConfig {
             "must be at most 1000 (acknowledgements wait for it)",
         );
         check(self.flush_max_records >= 1, "flush_max_records", "must be at least 1");
+        check(
+            (1..=65_536).contains(&self.repack_block_records),
+            "repack_block_records",
+            "must be between 1 and 65536",
+        );
         out
     }
 }

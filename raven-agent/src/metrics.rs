@@ -552,6 +552,10 @@ struct StoreMetrics {
     retention: prometheus::IntGauge,
     disk_free: prometheus::IntGauge,
     disk_total: prometheus::IntGauge,
+    repacked: IntCounterVec,
+    repack_bytes_before: IntCounterVec,
+    repack_bytes_after: IntCounterVec,
+    repack_failures: IntCounterVec,
 }
 
 impl StoreMetrics {
@@ -659,6 +663,30 @@ impl StoreMetrics {
                 "raven_store_disk_total_bytes",
                 "Size of the data directory's filesystem",
             ),
+            repacked: counter(
+                r,
+                "raven_store_repacked_segments_total",
+                "Sealed segments of small blocks rewritten into large blocks",
+                &["stream"],
+            ),
+            repack_bytes_before: counter(
+                r,
+                "raven_store_repack_bytes_before_total",
+                "Bytes of the segment files re-packing replaced",
+                &["stream"],
+            ),
+            repack_bytes_after: counter(
+                r,
+                "raven_store_repack_bytes_after_total",
+                "Bytes of the segment files re-packing wrote in their place",
+                &["stream"],
+            ),
+            repack_failures: counter(
+                r,
+                "raven_store_repack_failures_total",
+                "Re-packs given up (the segment stays as it was)",
+                &["stream", "reason"],
+            ),
         }
     }
 }
@@ -751,6 +779,35 @@ pub struct StoreRepaired {
 impl InternalEvent for StoreRepaired {
     fn emit(self) {
         metrics().store.repairs.with_label_values(&[self.what]).inc_by(self.count);
+    }
+}
+
+/// A sealed segment re-packed into large blocks (`store::repack`).
+pub struct StoreRepacked {
+    pub stream: Stream,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+impl InternalEvent for StoreRepacked {
+    fn emit(self) {
+        let m = &metrics().store;
+        let stream = [self.stream.name()];
+        m.repacked.with_label_values(&stream).inc();
+        m.repack_bytes_before.with_label_values(&stream).inc_by(self.bytes_before);
+        m.repack_bytes_after.with_label_values(&stream).inc_by(self.bytes_after);
+    }
+}
+
+/// A re-pack given up; the segment stays as it was (the caller logs why).
+pub struct StoreRepackFailed {
+    pub stream: Stream,
+    pub reason: &'static str,
+}
+
+impl InternalEvent for StoreRepackFailed {
+    fn emit(self) {
+        metrics().store.repack_failures.with_label_values(&[self.stream.name(), self.reason]).inc();
     }
 }
 

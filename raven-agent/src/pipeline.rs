@@ -504,12 +504,23 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                 if tokio::time::Instant::now() >= next_cleanup {
                     next_cleanup = tokio::time::Instant::now() + cleanup_every;
                     let store = store.clone();
-                    tokio::task::spawn_blocking(move || match store.cleanup(SystemTime::now()) {
-                        Ok(evicted) if evicted.segments > 0 => {
-                            tracing::info!(?evicted, "retention evicted segments");
+                    tokio::task::spawn_blocking(move || {
+                        match store.cleanup(SystemTime::now()) {
+                            Ok(evicted) if evicted.segments > 0 => {
+                                tracing::info!(?evicted, "retention evicted segments");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "retention failed"),
                         }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "retention failed"),
+                        // After retention, so that nothing about to be
+                        // evicted is re-packed first; bounded per pass.
+                        match store.repack() {
+                            Ok(repacked) if repacked.segments + repacked.failed > 0 => {
+                                tracing::info!(?repacked, "re-packed segments of small blocks");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, "re-packing failed"),
+                        }
                     });
                 } else if ticks.is_multiple_of(10) {
                     let (store, decoder) = (store.clone(), decoder.clone());

@@ -410,11 +410,16 @@ pub fn today() -> String {
 ///    of the bare payloads of the same stream concatenated (what archiving
 ///    the raw datagrams alone costs); then the same for single senders of
 ///    syslog (see [`single_sources`]);
-/// 3. capture→durable latency at a paced 100 k records/s with group commit.
-pub fn store(records: u64) -> anyhow::Result<()> {
+/// 3. capture→durable latency at a paced 100 k records/s with group commit;
+/// 4. bytes per record at low rates, as written and after re-packing (see
+///    [`low_rates`]; alone with `low_rate_only`).
+pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
     crate::build_ebpf()?;
     let agent = workspace_root().join("target/release/raven-agent");
     println!("\n## store — {} — {}", machine(), today());
+    if low_rate_only {
+        return low_rates(&agent);
+    }
     println!(
         "\n{records} synthetic syslog records per run, one block (compress + fdatasync) per batch. \
          store: records ÷ time in `Store::append` (encode, compress, write, fdatasync, index) on \
@@ -532,6 +537,89 @@ pub fn store(records: u64) -> anyhow::Result<()> {
             v["latency_ms"]["p99"],
             v["latency_ms"]["max"]
         );
+    }
+    low_rates(&agent)
+}
+
+/// Bytes per record at low rates: records paced through the agent's own
+/// ingest stage (group commit by `store.flush_interval_ms`, so the blocks
+/// hold what arrives in 10 ms), then `raven-agent store repack` with its
+/// defaults (sealed segments averaging under 100 records per block
+/// rewritten in blocks of 1000). Sources: the storage array's syslog lines
+/// of nDPI's syslog.pcap looped with fresh times, synthetic lines, and
+/// every shared capture's datagrams looped (every stream; per stream).
+fn low_rates(agent: &Path) -> anyhow::Result<()> {
+    let syslog = workspace_root().join("../shared/data/nDPI/tests/cfgs/default/pcap/syslog.pcap");
+    let syslog = syslog.display().to_string();
+    let captures = shared_captures()?;
+    let all: Vec<String> = captures.iter().map(|c| c.display().to_string()).collect();
+    println!(
+        "\nLow rates: records paced through the ingest stage (group commit, \
+         store.flush_interval_ms = 10), then `raven-agent store repack` (defaults: \
+         sealed segments under 100 records per block, rewritten in blocks of 1000)\n"
+    );
+    println!(
+        "| source | records/s | seconds | stream | records | records/block as written | stored bytes/record as written | after re-pack | re-pack s | longest lock ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let array = ["--captures", &syslog, "--source", "172.20.51.54"];
+    let every: Vec<&str> =
+        std::iter::once("--captures").chain(all.iter().map(String::as_str)).collect();
+    let once: Vec<&str> = every.iter().copied().chain(["--capture-times"]).collect();
+    // Each real datagram once (no repeats to flatter compression: the
+    // corpus's heterogeneous lines are the worst case).
+    let distinct = count_datagrams(agent, &captures)?;
+    let runs: [(&str, u64, u64, &[&str]); 6] = [
+        ("storage array's syslog lines (15, looped)", 100, 6000, &array),
+        ("storage array's syslog lines (15, looped)", 1000, 30_000, &array),
+        ("synthetic syslog lines", 100, 6000, &[]),
+        ("synthetic syslog lines", 10, 600, &[]),
+        ("every shared datagram (looped)", 100, 6000, &every),
+        ("every shared datagram, each once", 100, distinct, &once),
+    ];
+    for (what, rate, records, source) in runs {
+        let dir = tempdir()?.join(format!("store-low-{rate}-{records}-{}", what.len()));
+        let secs = records.div_ceil(rate);
+        let (rate_s, records) = (rate.to_string(), records.to_string());
+        let mut args = vec!["--records", &records, "--rate", &rate_s, "--summary"];
+        args.extend_from_slice(source);
+        load(agent, &dir, &args)?;
+        let before = segment_stats(agent, &dir)?;
+        let start = Instant::now();
+        let out = Command::new(agent)
+            .args(["store", "--data-dir"])
+            .arg(&dir)
+            .arg("repack")
+            .env("RAVEN_LOG", "error")
+            .output()?;
+        let took = start.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!("store repack failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let repacked: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("repack output: {}", String::from_utf8_lossy(&out.stdout)))?;
+        let after = segment_stats(agent, &dir)?;
+        let _ = fs::remove_dir_all(&dir);
+        // Blocks as written: every segment was re-packed from them, so the
+        // re-pack's own count says how many there were.
+        let blocks_before = repacked["blocks_before"].as_u64().unwrap_or(0);
+        let repacked_records = repacked["records"].as_u64().unwrap_or(0);
+        // The longest the state lock (which appends wait for) was held.
+        let lock_ms = repacked["longest_lock_us"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        for (stream, n, _, stored) in before.iter().filter(|s| s.1 > 0) {
+            let (_, _, _, stored_after) =
+                after.iter().find(|s| &s.0 == stream).context("a stream went missing")?;
+            let per_block = if before.iter().filter(|s| s.1 > 0).count() == 1 && blocks_before > 0 {
+                format!("{:.1}", repacked_records as f64 / blocks_before as f64)
+            } else {
+                "—".to_string()
+            };
+            println!(
+                "| {what} | {rate} | {secs} | {stream} | {n} | {per_block} | {:.1} | {:.1} | {took:.2} | {lock_ms:.1} |",
+                *stored as f64 / *n as f64,
+                *stored_after as f64 / *n as f64,
+            );
+        }
     }
     Ok(())
 }

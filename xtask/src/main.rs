@@ -108,6 +108,10 @@ enum BenchCmd {
     Store {
         #[arg(long, default_value_t = 200_000)]
         records: u64,
+        /// Only the low-rate part: bytes per record as group commit writes
+        /// them at 10-1000 records/s, and after re-packing.
+        #[arg(long)]
+        low_rate_only: bool,
     },
     /// Forwarding to a NOC rsyslogd: capture→NOC latency, and the drain
     /// rate after an outage, Raven vs an rsyslogd relay (needs root).
@@ -185,7 +189,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench { which: BenchCmd::Capture { count, rate } } => bench::capture(count, rate),
-        Cmd::Bench { which: BenchCmd::Store { records } } => bench::store(records),
+        Cmd::Bench { which: BenchCmd::Store { records, low_rate_only } } => {
+            bench::store(records, low_rate_only)
+        }
         Cmd::Bench { which: BenchCmd::Forward { outage_secs, rate, latency_secs, raven_only } } => {
             bench_forward::forward(outage_secs, rate, latency_secs, raven_only)
         }

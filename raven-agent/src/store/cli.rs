@@ -4,7 +4,8 @@
 //! Invariants: `ls`, `cat` and `stats` only read; `verify` reads every
 //! block and exits non-zero on any damage; `rebuild-index` sets the old
 //! index aside and rebuilds it from the files; `load` appends synthetic
-//! records and prints each acknowledged range (load and crash testing).
+//! records and prints each acknowledged range (load and crash testing);
+//! `repack` rewrites sealed segments of small blocks (`store::repack`).
 
 use std::{
     io::{self, BufWriter, Write},
@@ -79,6 +80,24 @@ pub enum StoreCommand {
     /// files) through the decoders, and print every acknowledged range as
     /// `first last` or a JSON summary (benchmarks and crash testing).
     Load(super::load::LoadArgs),
+    /// Re-pack sealed segments of small blocks into large blocks (what the
+    /// agent's maintenance does a few segments at a time), until none is
+    /// left; prints what it did as JSON. Refused while an agent runs.
+    Repack(RepackArgs),
+}
+
+#[derive(Args)]
+pub struct RepackArgs {
+    /// Segments whose blocks hold fewer records than this on average
+    /// (default: store.repack_min_records_per_block's default).
+    #[arg(long)]
+    min_records_per_block: Option<u64>,
+    /// Records per block written (default: store.repack_block_records').
+    #[arg(long)]
+    block_records: Option<usize>,
+    /// Stop after this many segments (default: all that qualify).
+    #[arg(long)]
+    max_segments: Option<usize>,
 }
 
 /// Inspection never writes: read-only, so it is safe beside a running
@@ -289,6 +308,27 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
             );
         }
         StoreCommand::Load(load) => super::load::run(&args.data_dir, load)?,
+        StoreCommand::Repack(repack) => {
+            let store = open_writer(&args.data_dir)?;
+            let defaults = super::repack::RepackLimits::from_config(&StoreConfig::default());
+            let limits = super::repack::RepackLimits {
+                min_records_per_block: repack
+                    .min_records_per_block
+                    .unwrap_or(defaults.min_records_per_block),
+                block_records: repack.block_records.unwrap_or(defaults.block_records).max(1),
+                max_segments: repack.max_segments.unwrap_or(usize::MAX),
+                max_bytes: u64::MAX,
+                max_scans: usize::MAX,
+                ..defaults
+            };
+            // One pass does every segment that qualifies within the limits;
+            // the totals are what it did.
+            let done = store.repack_pass(&limits)?;
+            println!("{}", serde_json::to_string(&done)?);
+            if done.failed > 0 {
+                bail!("{} segment(s) could not be re-packed (see the log)", done.failed);
+            }
+        }
     }
     Ok(())
 }

@@ -405,6 +405,45 @@ impl Index {
         tx.commit().map_err(db_error)
     }
 
+    /// Points a sealed segment's records at a re-packed file
+    /// (`store::repack`), in one transaction: a new row with the old one's
+    /// totals, times, codec, state and exporter rows but the new path and
+    /// size, and the old row deleted. A new id, so that nothing keyed by
+    /// the old id (a reader's cached block list of the old file) is ever
+    /// taken for the new file. Returns the new id.
+    pub fn replace_segment(
+        &mut self,
+        old: i64,
+        path: &str,
+        stored_bytes: u64,
+    ) -> Result<i64, StoreError> {
+        let tx = self.db.transaction().map_err(db_error)?;
+        let copied = tx
+            .execute(
+                "INSERT INTO segments (stream, path, first_seq, last_seq, first_ts, last_ts,
+                     records, raw_bytes, stored_bytes, codec, state, created)
+                 SELECT stream, ?2, first_seq, last_seq, first_ts, last_ts, records, raw_bytes,
+                     ?3, codec, state, created
+                 FROM segments WHERE id = ?1",
+                params![old, path, stored_bytes as i64],
+            )
+            .map_err(db_error)?;
+        if copied != 1 {
+            return Err(StoreError::Index(format!("segment {old} has no row to replace")));
+        }
+        let new = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO segment_exporters (segment_id, exporter, records, first_ts, last_ts)
+             SELECT ?2, exporter, records, first_ts, last_ts
+             FROM segment_exporters WHERE segment_id = ?1",
+            params![old, new],
+        )
+        .map_err(db_error)?;
+        tx.execute("DELETE FROM segments WHERE id = ?1", [old]).map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+        Ok(new)
+    }
+
     pub fn set_state(&self, segment: i64, state: &str) -> Result<(), StoreError> {
         self.db
             .execute("UPDATE segments SET state = ?2 WHERE id = ?1", params![segment, state])

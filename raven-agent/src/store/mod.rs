@@ -9,6 +9,11 @@
 //!   references data that is not durable, and a crash between two steps
 //!   leaves at worst a file without a row (indexed again at start-up) or a
 //!   row whose totals lag its file (recomputed at start-up).
+//! - Re-packing a sealed segment ([`repack`]) writes its records anew under
+//!   a temporary name, syncs it, renames it into place, swaps the index row
+//!   in one transaction, and only then deletes the old file; start-up
+//!   removes what an interrupted one left (a temporary, or whichever of the
+//!   two files the index does not name).
 //! - Records of a stream get dense, monotonic sequence numbers; an
 //!   acknowledged append is never lost except by retention (counted).
 //! - Damage never stops the store: a torn tail is truncated, a damaged
@@ -25,12 +30,15 @@
 //!
 //! Operations: [`Store::append`] (durable when it returns), [`Store::read`]
 //! (from a sequence number), [`Store::read_range`] (by time and exporter),
-//! cursors, [`Store::cleanup`] (retention), [`Store::status`].
+//! cursors, [`Store::cleanup`] (retention), [`Store::repack`] (small blocks
+//! of sealed segments rewritten as large ones: [`repack`]),
+//! [`Store::status`].
 
 pub mod cli;
 pub mod fields;
 pub mod index;
 pub mod load;
+pub mod repack;
 pub mod segment;
 
 use std::{
@@ -211,6 +219,8 @@ struct Inner {
     config: Mutex<StoreConfig>,
     state: Mutex<State>,
     durable: watch::Sender<u64>,
+    /// Re-pack passes: one at a time, and what they have looked at.
+    repack: Mutex<repack::Memory>,
 }
 
 /// A handle on the store; clones share it.
@@ -315,6 +325,7 @@ impl Store {
                 config: Mutex::new(config.clone()),
                 state: Mutex::new(State::new(index)),
                 durable,
+                repack: Mutex::default(),
             }),
         };
         store.reconcile()?;
@@ -338,6 +349,7 @@ impl Store {
                 }),
                 state: Mutex::new(State::new(index)),
                 durable,
+                repack: Mutex::default(),
             }),
         };
         Ok(store)
@@ -392,6 +404,7 @@ impl Store {
     /// Brings the index in line with the files (see the module invariants).
     fn reconcile(&self) -> Result<(), StoreError> {
         let mut state = self.state();
+        self.remove_repack_temporaries();
         let rows = state.index.segments(None)?;
         let mut known: HashMap<String, SegmentRow> =
             rows.into_iter().map(|r| (r.path.clone(), r)).collect();
@@ -427,6 +440,9 @@ impl Store {
             };
             if let Some(reason) = &scan.corrupt {
                 self.quarantine(&mut state, &path, row.as_ref(), reason)?;
+                continue;
+            }
+            if row.is_none() && self.remove_if_repack_leftover(&mut state, stream, &path, &scan)? {
                 continue;
             }
             if scan.torn_tail || scan.valid_len < scan.file_len {
@@ -776,14 +792,28 @@ impl Store {
             return Ok(blocks.clone());
         }
         let path = self.inner.dir.join(&row.path);
-        let scan = segment::scan(&path, false)
-            .map_err(|reason| StoreError::Damaged { offset: 0, reason })?;
+        let scan = segment::scan(&path, false).map_err(|reason| {
+            if path.exists() {
+                StoreError::Damaged { offset: 0, reason }
+            } else {
+                StoreError::Io(io::Error::new(io::ErrorKind::NotFound, reason))
+            }
+        })?;
         state.blocks.insert(row.id, scan.blocks.clone());
         Ok(scan.blocks)
     }
 
     /// Records of `stream` with `seq >= from_seq`, in order, at most `max`.
     pub fn read(
+        &self,
+        stream: Stream,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        retry_vanished(|| self.read_once(stream, from_seq, max))
+    }
+
+    fn read_once(
         &self,
         stream: Stream,
         from_seq: u64,
@@ -798,9 +828,9 @@ impl Store {
             .collect();
         let mut out = Vec::new();
         for row in rows {
-            let blocks = self.blocks_of(&mut state, &row)?;
             let path = self.inner.dir.join(&row.path);
             let mut file = File::open(&path).map_err(io_error)?;
+            let blocks = self.blocks_of(&mut state, &row)?;
             for block in blocks.iter().filter(|b| b.last_seq() >= from_seq) {
                 match segment::read_block(&mut file, block, stream, codec_of(&row)?) {
                     Ok(records) => out.extend(records.into_iter().filter(|r| r.seq >= from_seq)),
@@ -833,13 +863,23 @@ impl Store {
         to: SystemTime,
         exporter: Option<IpAddr>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        retry_vanished(|| self.read_range_once(stream, from, to, exporter))
+    }
+
+    fn read_range_once(
+        &self,
+        stream: Option<Stream>,
+        from: SystemTime,
+        to: SystemTime,
+        exporter: Option<IpAddr>,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
         let (from_ns, to_ns) = (nanos(from), nanos(to));
         let mut state = self.state();
         let rows = state.index.segments_for_range(stream, from_ns, to_ns, exporter)?;
         let mut out = Vec::new();
         for row in rows {
-            let blocks = self.blocks_of(&mut state, &row)?;
             let mut file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
+            let blocks = self.blocks_of(&mut state, &row)?;
             for block in &blocks {
                 let records = segment::read_block(&mut file, block, row.stream, codec_of(&row)?)?;
                 out.extend(records.into_iter().filter(|r| {
@@ -1072,6 +1112,22 @@ impl Store {
             state: if reasons.is_empty() { "ok" } else { "degraded" }.to_string(),
             reasons,
         })
+    }
+}
+
+/// A read that found a segment file gone — a re-pack replaced it (see
+/// [`repack`]) between the reader's look at the index and its open, which
+/// only a read-only process can see — starts over: the index names the new
+/// file by then. Each attempt reads afresh, so nothing is repeated.
+fn retry_vanished<T>(mut read: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match read() {
+            Err(StoreError::Io(e)) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => {
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 

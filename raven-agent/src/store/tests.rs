@@ -246,7 +246,22 @@ enum Op {
     Crash(Option<u16>),
     Evict,
     Read(u16),
+    /// A re-pack pass (the records must not change).
+    Repack,
+    /// A re-pack of the newest sealed segment interrupted at a step, then
+    /// a crash and a reopen.
+    RepackCrash(u8),
 }
+
+/// Re-packs whatever the property test's small segments hold.
+const TEST_REPACK: repack::RepackLimits = repack::RepackLimits {
+    min_records_per_block: 1000,
+    block_records: 64,
+    max_segments: 2,
+    max_bytes: u64::MAX,
+    max_scans: usize::MAX,
+    min_free_bytes: 0,
+};
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -254,6 +269,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => proptest::option::of(any::<u16>()).prop_map(Op::Crash),
         1 => Just(Op::Evict),
         2 => any::<u16>().prop_map(Op::Read),
+        1 => Just(Op::Repack),
+        1 => (0u8..3).prop_map(Op::RepackCrash),
     ]
 }
 
@@ -314,6 +331,27 @@ proptest! {
                 }
                 Op::Evict => {
                     store.cleanup(SystemTime::now()).unwrap();
+                }
+                Op::Repack => {
+                    let done = store.repack_pass(&TEST_REPACK).unwrap();
+                    prop_assert_eq!(done.failed, 0);
+                    prop_assert!(done.blocks_after <= done.blocks_before);
+                    assert_one_file_per_segment(dir.path(), &store);
+                }
+                Op::RepackCrash(step) => {
+                    let sealed = store
+                        .segments(Some(Stream::Syslog))
+                        .unwrap()
+                        .into_iter()
+                        .rfind(|r| r.state == "sealed" && r.records > 0);
+                    if let Some(row) = sealed {
+                        let stop = [repack::Stop::Written, repack::Stop::Renamed, repack::Stop::Swapped][usize::from(step)];
+                        prop_assert!(store.repack_until(&row, &TEST_REPACK, Some(stop)).unwrap().is_some());
+                        drop(store);
+                        writing = false;
+                        store = Store::open(&c).unwrap();
+                        assert_one_file_per_segment(dir.path(), &store);
+                    }
                 }
                 Op::Read(from) => {
                     let from = u64::from(from) % (next as u64 + 1);
@@ -637,4 +675,361 @@ fn damaged_version_2_frames_are_errors_never_panics() {
         let mut file = File::open(&path).unwrap();
         let _ = segment::read_block(&mut file, &meta, Stream::Syslog, segment::Codec::Gzip);
     }
+}
+
+// --- re-packing (store::repack) ---
+
+/// Every row's file is there, every segment file on disk has a row, and
+/// no re-pack temporary is left.
+fn assert_one_file_per_segment(dir: &Path, store: &Store) {
+    let mut on_disk = Vec::new();
+    for stream in std::fs::read_dir(dir.join("segments")).unwrap().flatten() {
+        for day in std::fs::read_dir(stream.path()).unwrap().flatten() {
+            for file in std::fs::read_dir(day.path()).unwrap().flatten() {
+                on_disk.push(file.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    on_disk.sort();
+    let mut rows: Vec<String> = store.segments(None).unwrap().into_iter().map(|r| r.path).collect();
+    rows.sort();
+    assert_eq!(on_disk, rows, "segment files on disk against index rows");
+}
+
+/// Every row's blocks pass their CRCs and hold the records the row says.
+fn assert_verifies(dir: &Path, store: &Store) {
+    for row in store.segments(None).unwrap() {
+        let scan = segment::scan(&dir.join(&row.path), true).unwrap();
+        assert!(scan.corrupt.is_none() && !scan.torn_tail, "{row:?}");
+        let records: u64 = scan.blocks.iter().map(|b| u64::from(b.records)).sum();
+        assert_eq!(records, row.records, "{row:?}");
+        assert_eq!(scan.file_len, row.stored_bytes, "{row:?}");
+    }
+}
+
+/// Rows without what re-packing may change: id, path, size.
+fn rows_but_files(store: &Store) -> Vec<SegmentRow> {
+    store
+        .segments(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| SegmentRow { id: 0, path: String::new(), stored_bytes: 0, ..r })
+        .collect()
+}
+
+fn everything(store: &Store) -> Vec<StoredRecord> {
+    Stream::ALL.into_iter().flat_map(|s| store.read(s, 0, usize::MAX).unwrap()).collect()
+}
+
+fn every_exporter(store: &Store) -> Vec<index::StoredExporter> {
+    Stream::ALL.into_iter().flat_map(|s| store.exporters(s).unwrap()).collect()
+}
+
+const REPACK_ALL: repack::RepackLimits = repack::RepackLimits {
+    min_records_per_block: 100,
+    block_records: 1000,
+    max_segments: usize::MAX,
+    max_bytes: u64::MAX,
+    max_scans: usize::MAX,
+    min_free_bytes: 0,
+};
+
+/// A store of every shared capture's records (each stream decoded by the
+/// real decoder) appended two at a time, as group commit does at 100
+/// records/s, over several segments; reopened, so every segment is sealed.
+fn low_rate_store(dir: &Path) -> Store {
+    let c = StoreConfig { segment_max_bytes: 32 << 10, ..config(dir) };
+    let store = Store::open(&c).unwrap();
+    for stream in Stream::ALL.into_iter().filter(|s| *s != Stream::Windows) {
+        let records = shared_records(stream);
+        // Twice over, so that syslog spans several segments.
+        let twice: Vec<NewRecord> = records.iter().chain(&records).cloned().collect();
+        for pair in twice.chunks(2) {
+            store.append(stream, pair.to_vec()).unwrap();
+        }
+    }
+    drop(store);
+    Store::open(&c).unwrap()
+}
+
+#[test]
+fn repacking_keeps_every_record_identical_and_shrinks_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let before = everything(&store);
+    let (rows, exporters) = (rows_but_files(&store), every_exporter(&store));
+    let bytes = |store: &Store| -> u64 {
+        store.segments(Some(Stream::Syslog)).unwrap().iter().map(|r| r.stored_bytes).sum()
+    };
+    let syslog_before = bytes(&store);
+    assert!(store.segments(Some(Stream::Syslog)).unwrap().len() > 2, "several syslog segments");
+    // Every segment of more than one block (a stream with two records in
+    // the captures has one block of them: nothing to gain).
+    let several: Vec<SegmentRow> = store
+        .segments(None)
+        .unwrap()
+        .into_iter()
+        .filter(|r| segment::scan(&dir.path().join(&r.path), false).unwrap().blocks.len() > 1)
+        .collect();
+
+    let done = store.repack_pass(&REPACK_ALL).unwrap();
+    assert_eq!(done.failed, 0, "{done:?}");
+    assert_eq!(done.segments as usize, several.len(), "{done:?}");
+    assert!(done.bytes_after < done.bytes_before, "{done:?}");
+    assert_eq!(done.records, several.iter().map(|r| r.records).sum::<u64>());
+    // Same records, byte for byte and as `segments cat` prints them;
+    // the same index rows but for the files; nothing left behind.
+    let after = everything(&store);
+    assert_eq!(after, before);
+    assert_eq!(cat(&after), cat(&before));
+    assert_eq!(rows_but_files(&store), rows);
+    assert_eq!(every_exporter(&store), exporters);
+    assert_one_file_per_segment(dir.path(), &store);
+    assert_verifies(dir.path(), &store);
+    let syslog_after = bytes(&store);
+    assert!(
+        syslog_after * 2 < syslog_before,
+        "syslog in blocks of 2: {syslog_before} bytes, re-packed: {syslog_after}"
+    );
+    // Time ranges and exporters are served from the new files too.
+    let range = store
+        .read_range(None, SystemTime::UNIX_EPOCH, SystemTime::now() + Duration::from_secs(1), None)
+        .unwrap();
+    assert_eq!(range.len(), before.len());
+    // Nothing is wanted twice, and a reopened store reads the same.
+    assert_eq!(store.repack_pass(&REPACK_ALL).unwrap(), repack::Repacked::default());
+    drop(store);
+    let store = Store::open(&config(dir.path())).unwrap();
+    assert_eq!(everything(&store), before);
+    assert_eq!(store.repack_pass(&REPACK_ALL).unwrap().segments, 0);
+    // Appends continue the numbering.
+    let next = store.durable_seq(Stream::Syslog).unwrap() + 1;
+    assert_eq!(store.append(Stream::Syslog, batch(0, 1)).unwrap().first_seq, next);
+}
+
+#[test]
+fn repacking_leaves_the_open_segment_version_1_and_large_blocks_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = StoreConfig { segment_max_bytes: 1 << 20, ..config(dir.path()) };
+    let store = Store::open(&c).unwrap();
+    // Sealed: blocks of 50 records. Then, open: blocks of one.
+    store.append(Stream::Syslog, batch(0, 50)).unwrap();
+    store.append(Stream::Syslog, batch(50, 50)).unwrap();
+    drop(store);
+    let records = shared_records(Stream::Syslog);
+    let v1_blocks: Vec<&[NewRecord]> = records[..20].chunks(1).collect();
+    write_v1_segment(dir.path(), Stream::Netflow, 0, &v1_blocks);
+    let store = Store::open(&c).unwrap();
+    for i in 0..10 {
+        store.append(Stream::Syslog, batch(100 + i, 1)).unwrap();
+    }
+    let limits =
+        repack::RepackLimits { min_records_per_block: 100, block_records: 50, ..REPACK_ALL };
+    // A pass that may not look at any segment's blocks does nothing.
+    let blind = repack::RepackLimits { max_scans: 0, block_records: 1000, ..limits };
+    assert_eq!(store.repack_pass(&blind).unwrap(), repack::Repacked::default());
+    assert_eq!(store.repack_pass(&limits).unwrap(), repack::Repacked::default());
+    let wider = repack::RepackLimits { block_records: 1000, ..limits };
+    let done = store.repack_pass(&wider).unwrap();
+    assert_eq!((done.segments, done.blocks_before, done.blocks_after), (1, 2, 1), "{done:?}");
+    let open = store.segments(Some(Stream::Syslog)).unwrap().into_iter().last().unwrap();
+    assert_eq!((open.state.as_str(), open.records), ("open", 10));
+    assert!(open.path.ends_with(".seg") && !open.path.contains(".r"), "{open:?}");
+    assert_eq!(store.read(Stream::Syslog, 0, usize::MAX).unwrap().len(), 110);
+    assert_eq!(store.read(Stream::Netflow, 0, usize::MAX).unwrap().len(), 20);
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_repack_leaves_every_record_exactly_once() {
+    use repack::Stop;
+    for (stop, rebuild_index) in [
+        (Stop::Written, false),
+        (Stop::Renamed, false),
+        (Stop::Swapped, false),
+        (Stop::Renamed, true),
+        (Stop::Swapped, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let drop_index = || {
+            for name in ["raven.db", "raven.db-wal", "raven.db-shm"] {
+                let _ = std::fs::remove_file(dir.path().join(name));
+            }
+        };
+        let mut store = low_rate_store(dir.path());
+        if rebuild_index {
+            // A rebuilt index has exact first times (an appended one has
+            // each segment's first block's): compare like with like.
+            drop(store);
+            drop_index();
+            store = Store::open(&config(dir.path())).unwrap();
+        }
+        let before = everything(&store);
+        let rows = rows_but_files(&store);
+        let row = store.segments(Some(Stream::Syslog)).unwrap().remove(1);
+        let outcome = store.repack_until(&row, &REPACK_ALL, Some(stop)).unwrap().unwrap();
+        assert!(outcome.blocks_after < outcome.blocks_before);
+        // What the crash leaves on disk.
+        let old = dir.path().join(&row.path);
+        let new = old
+            .with_file_name(old.file_name().unwrap().to_string_lossy().replace(".seg", ".r1.seg"));
+        let temporary =
+            new.with_file_name(format!("{}.tmp", new.file_name().unwrap().to_string_lossy()));
+        assert!(old.exists(), "{stop:?}: the old file stays until the swap is done");
+        assert_eq!(temporary.exists(), stop == Stop::Written, "{stop:?}");
+        assert_eq!(new.exists(), stop != Stop::Written, "{stop:?}");
+        drop(store);
+        if rebuild_index {
+            drop_index();
+        }
+        let store = Store::open(&config(dir.path())).unwrap();
+        assert_eq!(everything(&store), before, "{stop:?} rebuild {rebuild_index}");
+        assert_eq!(rows_but_files(&store), rows, "{stop:?} rebuild {rebuild_index}");
+        assert_one_file_per_segment(dir.path(), &store);
+        assert_verifies(dir.path(), &store);
+        // Whichever file survived, re-packing finishes the job.
+        let done = store.repack_pass(&REPACK_ALL).unwrap();
+        assert_eq!(done.failed, 0);
+        assert_eq!(everything(&store), before);
+        assert_one_file_per_segment(dir.path(), &store);
+        let rows = store.segments(Some(Stream::Syslog)).unwrap();
+        assert!(rows[1].path.ends_with(".r1.seg"), "{stop:?}: {:?}", rows[1]);
+    }
+}
+
+#[test]
+fn a_segment_evicted_during_its_repack_stays_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let row = store.segments(Some(Stream::Syslog)).unwrap().remove(0);
+    // Retention took the segment (the swap checks the same under the
+    // state lock): the re-pack gives up and leaves no file behind.
+    let mut evicted = Evicted::default();
+    store.evict(&row, "max_age", &mut evicted).unwrap();
+    let failure = store.repack_segment(&row, &REPACK_ALL).unwrap_err();
+    assert_eq!(failure.reason, "segment_gone");
+    assert_one_file_per_segment(dir.path(), &store);
+    assert!(store.read(Stream::Syslog, 0, 1).unwrap()[0].seq > row.last_seq as u64);
+}
+
+/// Readers in the agent (the forwarder: `read` from a sequence number, in
+/// small batches) and in a read-only process (`segments cat`: a fresh
+/// index connection, `read_range`) keep reading while every segment is
+/// re-packed: each read sees every record once, in order, identical. (The
+/// read-only reader meets a file deleted under it once or twice a run:
+/// the retry `a_read_that_finds_its_file_gone_...` tests on its own.)
+#[test]
+fn readers_during_a_repack_see_every_record_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let expected = store.read(Stream::Syslog, 0, usize::MAX).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let far = SystemTime::now() + Duration::from_secs(3600);
+    let (forwarded, catted) = std::thread::scope(|scope| {
+        let forwarder = scope.spawn(|| {
+            let mut passes = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || passes < 2 {
+                let mut got = Vec::new();
+                loop {
+                    let batch = store.read(Stream::Syslog, got.len() as u64, 37).unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    got.extend(batch);
+                }
+                assert!(got == expected, "pass {passes}: the forwarder's reads differ");
+                passes += 1;
+            }
+            passes
+        });
+        let cat = scope.spawn(|| {
+            let reader = Store::open_read_only(dir.path()).unwrap();
+            let mut passes = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || passes < 2 {
+                let got = reader
+                    .read_range(Some(Stream::Syslog), SystemTime::UNIX_EPOCH, far, None)
+                    .unwrap();
+                assert!(got == expected, "pass {passes}: a read-only reader's read differs");
+                let got = reader.read(Stream::Syslog, 0, usize::MAX).unwrap();
+                assert!(got == expected, "pass {passes}: a read-only reader's read differs");
+                passes += 1;
+            }
+            passes
+        });
+        // One segment at a time, so that the readers run between swaps.
+        let limits = repack::RepackLimits { max_segments: 1, ..REPACK_ALL };
+        let mut repacked = 0;
+        while store.repack_pass(&limits).unwrap().segments == 1 {
+            repacked += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(repacked > 2, "{repacked}");
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (forwarder.join().unwrap(), cat.join().unwrap())
+    });
+    assert!(forwarded >= 2 && catted >= 2);
+    assert_eq!(store.read(Stream::Syslog, 0, usize::MAX).unwrap(), expected);
+}
+
+#[test]
+fn a_read_that_finds_its_file_gone_starts_over_a_few_times_only() {
+    let gone = || StoreError::Io(io::Error::from(io::ErrorKind::NotFound));
+    let mut calls = 0;
+    let got = retry_vanished(|| {
+        calls += 1;
+        if calls < 3 { Err(gone()) } else { Ok(calls) }
+    });
+    assert_eq!(got.unwrap(), 3, "a re-pack's swap: the next look at the index finds the new file");
+    let mut calls = 0;
+    let got: Result<(), _> = retry_vanished(|| {
+        calls += 1;
+        Err(gone())
+    });
+    assert!(matches!(got, Err(StoreError::Io(_))) && calls == 4, "a file really gone: an error");
+    let mut calls = 0;
+    let got: Result<(), _> = retry_vanished(|| {
+        calls += 1;
+        Err(StoreError::Damaged { offset: 0, reason: "CRC".into() })
+    });
+    assert!(matches!(got, Err(StoreError::Damaged { .. })) && calls == 1, "damage is not retried");
+}
+
+#[test]
+fn a_spare_copy_is_kept_in_quarantine_when_the_indexed_one_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let row = store.segments(Some(Stream::Syslog)).unwrap().remove(1);
+    // Interrupted after the swap: the old file is still there, and then
+    // the new (indexed) one is damaged.
+    store.repack_until(&row, &REPACK_ALL, Some(repack::Stop::Swapped)).unwrap().unwrap();
+    let new = store.segments(Some(Stream::Syslog)).unwrap().remove(1);
+    assert!(new.path.ends_with(".r1.seg"), "{new:?}");
+    drop(store);
+    let mut file = OpenOptions::new().write(true).open(dir.path().join(&new.path)).unwrap();
+    file.seek(SeekFrom::Start(segment::HEADER_LEN + segment::BLOCK_HEADER_LEN + 5)).unwrap();
+    file.write_all(b"\xff\xff\xff").unwrap();
+    drop(file);
+    let store = Store::open(&config(dir.path())).unwrap();
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, [row.path.replace('/', "_")], "the old file is kept aside, not deleted");
+    assert_one_file_per_segment(dir.path(), &store);
+}
+
+#[test]
+fn no_repack_without_room_for_a_copy_above_the_free_space_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let before = everything(&store);
+    let (_, free) = disk_space(dir.path());
+    let crowded = repack::RepackLimits { min_free_bytes: free, ..REPACK_ALL };
+    let done = store.repack_pass(&crowded).unwrap();
+    assert!(done.segments == 0 && done.failed > 0, "{done:?}");
+    let row = store.segments(Some(Stream::Syslog)).unwrap().remove(0);
+    assert_eq!(store.repack_segment(&row, &crowded).unwrap_err().reason, "no_room");
+    assert_eq!(everything(&store), before);
+    assert_one_file_per_segment(dir.path(), &store);
+    // With room, the same pass goes ahead (the refusal was not remembered).
+    assert!(store.repack_pass(&REPACK_ALL).unwrap().segments > 0);
 }
