@@ -214,12 +214,23 @@ fn new_names(old: &Path) -> Option<(PathBuf, PathBuf)> {
     Some((dir.join(format!("{name}.seg")), dir.join(format!("{name}{TEMPORARY}"))))
 }
 
-fn to_new(stored: &StoredRecord) -> NewRecord {
-    NewRecord {
+/// The record to write again. The store takes decoded fields as an
+/// object, so the stored text is read back into one; the block written
+/// from it is compared with the old records before it counts, so a text
+/// that would not come back the same (none that Raven writes) fails the
+/// re-pack of that segment (`verify`) rather than change a record.
+fn to_new(stored: &StoredRecord) -> Result<NewRecord, RepackFailure> {
+    let decoded = match &stored.decoded {
+        Some(text) => Some(serde_json::from_slice(text).map_err(|e| {
+            RepackFailure::new("verify", format!("record {}: decoded fields: {e}", stored.seq))
+        })?),
+        None => None,
+    };
+    Ok(NewRecord {
         record: stored.record.clone(),
-        decoded: stored.decoded.clone(),
+        decoded,
         parse_error: stored.parse_error.clone(),
-    }
+    })
 }
 
 /// The level to use for `codec`: the configured one if it is the
@@ -250,9 +261,10 @@ impl Writer {
     /// records must come back identical.
     fn put(&mut self, batch: &[StoredRecord]) -> Result<(), RepackFailure> {
         let Some(first) = batch.first() else { return Ok(()) };
-        let new: Vec<NewRecord> = batch.iter().map(to_new).collect();
-        let (block, _) = segment::encode_block(first.seq, &new, self.codec, self.level)
-            .map_err(RepackFailure::io)?;
+        let new: Vec<NewRecord> = batch.iter().map(to_new).collect::<Result<_, _>>()?;
+        let block = segment::compress_block(&new, self.codec, self.level)
+            .map_err(RepackFailure::io)?
+            .seal(first.seq);
         self.file.write_all_at(&block, self.len).map_err(RepackFailure::io)?;
         let meta = BlockMeta {
             offset: self.len,
