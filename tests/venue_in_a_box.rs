@@ -715,9 +715,32 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         let got: BTreeSet<u64> = http_lines(&http_log).iter().map(|(r, _)| *r).collect();
         got.len() == raven_seqs.len()
     });
-    wait_until("every trap at snmptrapd", Duration::from_secs(30), || {
-        traps_logged(&traps_log).iter().collect::<BTreeSet<_>>().len() == traps.len()
-    });
+    let all_traps =
+        || traps_logged(&traps_log).iter().collect::<BTreeSet<_>>().len() == traps.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all_traps() {
+        if Instant::now() > deadline {
+            // What is missing, and what the sink says about it.
+            let logged: BTreeSet<u64> = traps_logged(&traps_log).into_iter().collect();
+            let missing: Vec<&u64> = traps.iter().filter(|t| !logged.contains(t)).collect();
+            let sink: Vec<String> = agent
+                .metrics()
+                .into_iter()
+                .filter(|(k, _)| k.contains("noc-traps") || k.contains("stream=\"snmp\""))
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let stderr = agent.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+            panic!(
+                "timed out waiting for every trap at snmptrapd: {} of {} logged, missing {missing:?}\n\
+                 {sink:#?}\nagent log (last lines, newest first):\n{}",
+                logged.len(),
+                traps.len(),
+                tail.join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
     thread::sleep(Duration::from_millis(1000)); // stragglers (duplicates) land
     collector.terminate(); // nfcapd writes its last block at exit
     trap_receiver.terminate();
