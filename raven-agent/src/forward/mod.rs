@@ -295,7 +295,15 @@ impl ManagedSink {
             name: config.name.clone(),
             streams: config.effective_streams(),
             requires_vpn: config.requires_vpn,
-            batch_max_records: config.batch_max_records.max(1),
+            // A paced sink sends at most one second of its rate at once: a
+            // drain after an outage must not arrive as one burst bigger than
+            // the collector was sized for (a UDP receiver's socket buffer
+            // overflows and drops what UDP cannot re-send).
+            batch_max_records: match config.max_records_per_second {
+                0 => config.batch_max_records,
+                rate => config.batch_max_records.min(rate as usize),
+            }
+            .max(1),
             batch_max_bytes: config.batch_max_bytes,
             sink,
             health,
@@ -327,7 +335,8 @@ impl ManagedSink {
         self.requires_vpn
     }
 
-    /// Most records per send (`batch_max_records`).
+    /// Most records per send: `batch_max_records`, and no more than one
+    /// second of `max_records_per_second` when that is set.
     pub fn batch_max_records(&self) -> usize {
         self.batch_max_records
     }
@@ -488,6 +497,17 @@ mod tests {
     fn record_ids_read_appliance_stream_seq() {
         let id = RecordId { appliance: "venue-7".into(), stream: Stream::Ipfix, seq: 42 };
         assert_eq!(id.to_string(), "venue-7:ipfix:42");
+    }
+
+    #[tokio::test]
+    async fn a_paced_sink_sends_at_most_one_second_of_its_rate_per_batch() {
+        let forward = ForwardConfig::default();
+        let mut config = SinkConfig::new("traps", SinkProtocol::Snmp, "192.0.2.1:162");
+        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_max_records(), 4096);
+        config.max_records_per_second = 200;
+        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_max_records(), 200);
+        config.batch_max_records = 50;
+        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_max_records(), 50);
     }
 
     #[tokio::test(start_paused = true)]
