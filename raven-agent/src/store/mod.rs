@@ -408,20 +408,11 @@ impl Store {
         let rows = state.index.segments(None)?;
         let mut known: HashMap<String, SegmentRow> =
             rows.into_iter().map(|r| (r.path.clone(), r)).collect();
-        let mut on_disk = Vec::new();
-        for stream in Stream::ALL {
-            let root = self.inner.dir.join("segments").join(stream.name());
-            let Ok(days) = fs::read_dir(&root) else { continue };
-            for day in days.flatten() {
-                let Ok(files) = fs::read_dir(day.path()) else { continue };
-                for file in files.flatten() {
-                    let path = file.path();
-                    if path.extension().is_some_and(|e| e == "seg") {
-                        on_disk.push((stream, path));
-                    }
-                }
-            }
-        }
+        let mut on_disk: Vec<(Stream, PathBuf)> = self
+            .segment_dir_files()
+            .into_iter()
+            .filter(|(_, path)| path.extension().is_some_and(|e| e == "seg"))
+            .collect();
         on_disk.sort();
         for (stream, path) in on_disk {
             let relative = self.relative(&path);
@@ -512,6 +503,21 @@ impl Store {
             *entry = (*entry).max(next);
         }
         Ok(())
+    }
+
+    /// Every file in the segment directories
+    /// (`segments/<stream>/<YYYYMMDD>/`), with its stream.
+    fn segment_dir_files(&self) -> Vec<(Stream, PathBuf)> {
+        let mut found = Vec::new();
+        for stream in Stream::ALL {
+            let root = self.inner.dir.join("segments").join(stream.name());
+            let Ok(days) = fs::read_dir(&root) else { continue };
+            for day in days.flatten() {
+                let Ok(files) = fs::read_dir(day.path()) else { continue };
+                found.extend(files.flatten().map(|file| (stream, file.path())));
+            }
+        }
+        found
     }
 
     fn quarantine(

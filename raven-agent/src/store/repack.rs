@@ -640,30 +640,21 @@ impl Store {
     /// Start-up (under the state lock): removes what an interrupted
     /// re-pack left of its new file before the rename.
     pub(super) fn remove_repack_temporaries(&self) {
-        for stream in Stream::ALL {
-            let root = self.inner.dir.join("segments").join(stream.name());
-            let Ok(days) = fs::read_dir(&root) else { continue };
-            for day in days.flatten() {
-                let Ok(files) = fs::read_dir(day.path()) else { continue };
-                for file in files.flatten() {
-                    let path = file.path();
-                    if !path.to_str().is_some_and(|p| p.ends_with(TEMPORARY)) {
-                        continue;
+        for (_, path) in self.segment_dir_files() {
+            if !path.to_str().is_some_and(|p| p.ends_with(TEMPORARY)) {
+                continue;
+            }
+            tracing::warn!(file = %path.display(), reason = "repack_temporary",
+                "removing the unfinished file of an interrupted re-pack");
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    if let Some(day) = path.parent() {
+                        let _ = sync_dir(day);
                     }
-                    tracing::warn!(file = %path.display(), reason = "repack_temporary",
-                        "removing the unfinished file of an interrupted re-pack");
-                    match fs::remove_file(&path) {
-                        Ok(()) => {
-                            let _ = sync_dir(&day.path());
-                            metrics::emit(metrics::StoreRepaired {
-                                what: "repack_temporary",
-                                count: 1,
-                            });
-                        }
-                        Err(e) => tracing::error!(file = %path.display(), error = %e,
-                            "cannot remove an interrupted re-pack's file"),
-                    }
+                    metrics::emit(metrics::StoreRepaired { what: "repack_temporary", count: 1 });
                 }
+                Err(e) => tracing::error!(file = %path.display(), error = %e,
+                    "cannot remove an interrupted re-pack's file"),
             }
         }
     }
