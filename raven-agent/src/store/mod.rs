@@ -14,6 +14,10 @@
 //!   in one transaction, and only then deletes the old file; start-up
 //!   removes what an interrupted one left (a temporary, or whichever of the
 //!   two files the index does not name).
+//! - Appends hold the state lock only to number, write, sync and index a
+//!   block (framing and compression happen before it); readers only to
+//!   look up rows and block lists and open files (decompression happens
+//!   after it). So a forwarder draining a backlog does not hold up capture.
 //! - Records of a stream get dense, monotonic sequence numbers; an
 //!   acknowledged append is never lost except by retention (counted).
 //! - Damage never stops the store: a torn tail is truncated, a damaged
@@ -825,6 +829,52 @@ impl Store {
         from_seq: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = from_seq;
+        // Rounds only repeat when damaged blocks were skipped and the
+        // records planned did not make `max`.
+        while out.len() < max {
+            let plan = self.plan_read(stream, from, max - out.len())?;
+            let Some(last) = plan.iter().rev().find_map(|p| p.blocks.last()).map(|b| b.last_seq())
+            else {
+                break;
+            };
+            for PlannedFile { path, mut file, codec, blocks } in plan {
+                for block in &blocks {
+                    match segment::read_block(&mut file, block, stream, codec) {
+                        Ok(records) => out.extend(records.into_iter().filter(|r| r.seq >= from)),
+                        Err(e) => {
+                            // One bad block must not stall a reader: skip it,
+                            // loudly; `segments verify` finds it too.
+                            tracing::error!(segment = %path, %stream, error = %e,
+                                reason = "damaged_block", "skipping a damaged block");
+                            metrics::emit(metrics::StoreRepaired {
+                                what: "damaged_block_skipped",
+                                count: 1,
+                            });
+                        }
+                    }
+                }
+            }
+            from = last + 1;
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
+    /// Under the state lock, only briefly: the blocks that hold about
+    /// `max` records from `from_seq` on, with their files opened. Reading
+    /// and decompressing them happens after the lock is released, so
+    /// appends are not held up by readers (a forwarder draining a backlog).
+    /// An open file stays readable if retention or a re-pack deletes it
+    /// meanwhile, and blocks are durable before they are listed, so what
+    /// was planned is what is read.
+    fn plan_read(
+        &self,
+        stream: Stream,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<PlannedFile>, StoreError> {
         let mut state = self.state();
         let rows: Vec<SegmentRow> = state
             .index
@@ -832,32 +882,27 @@ impl Store {
             .into_iter()
             .filter(|r| r.records > 0 && r.last_seq >= from_seq as i64)
             .collect();
-        let mut out = Vec::new();
+        let mut plan = Vec::new();
+        let mut planned = 0u64;
         for row in rows {
-            let path = self.inner.dir.join(&row.path);
-            let mut file = File::open(&path).map_err(io_error)?;
-            let blocks = self.blocks_of(&mut state, &row)?;
-            for block in blocks.iter().filter(|b| b.last_seq() >= from_seq) {
-                match segment::read_block(&mut file, block, stream, codec_of(&row)?) {
-                    Ok(records) => out.extend(records.into_iter().filter(|r| r.seq >= from_seq)),
-                    Err(e) => {
-                        // One bad block must not stall a reader: skip it,
-                        // loudly; `segments verify` finds it too.
-                        tracing::error!(segment = %row.path, %stream, error = %e,
-                            reason = "damaged_block", "skipping a damaged block");
-                        metrics::emit(metrics::StoreRepaired {
-                            what: "damaged_block_skipped",
-                            count: 1,
-                        });
-                    }
+            let file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
+            let mut blocks = Vec::new();
+            for block in self.blocks_of(&mut state, &row)? {
+                if block.last_seq() < from_seq {
+                    continue;
                 }
-                if out.len() >= max {
-                    out.truncate(max);
-                    return Ok(out);
+                planned += block.last_seq() + 1 - block.first_seq.max(from_seq);
+                blocks.push(block);
+                if planned >= max as u64 {
+                    break;
                 }
             }
+            plan.push(PlannedFile { path: row.path.clone(), file, codec: codec_of(&row)?, blocks });
+            if planned >= max as u64 {
+                break;
+            }
         }
-        Ok(out)
+        Ok(plan)
     }
 
     /// Records captured between `from` and `to` (inclusive), optionally of
@@ -1119,6 +1164,14 @@ impl Store {
             reasons,
         })
     }
+}
+
+/// A segment file a read will take blocks from (see [`Store::plan_read`]).
+struct PlannedFile {
+    path: String,
+    file: File,
+    codec: segment::Codec,
+    blocks: Vec<BlockMeta>,
 }
 
 /// A read that found a segment file gone — a re-pack replaced it (see

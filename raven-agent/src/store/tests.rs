@@ -188,6 +188,32 @@ fn a_torn_tail_is_truncated_and_the_rest_served() {
 }
 
 #[test]
+fn a_block_damaged_while_running_is_skipped_and_the_read_still_fills_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut big = config(dir.path());
+    big.segment_max_bytes = 1 << 20;
+    let store = Store::open(&big).unwrap();
+    for b in 0..5 {
+        store.append(Stream::Syslog, batch(b * 10, 10)).unwrap();
+    }
+    // Damage the second block of the running store's open segment.
+    let row = store.segments(Some(Stream::Syslog)).unwrap().pop().unwrap();
+    let path = dir.path().join(&row.path);
+    let blocks = segment::scan(&path, false).unwrap().blocks;
+    let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(SeekFrom::Start(blocks[1].offset + segment::BLOCK_HEADER_LEN + 2)).unwrap();
+    file.write_all(b"\xff\xff\xff").unwrap();
+    drop(file);
+    // Records 10..20 are skipped (counted); the read goes on past them
+    // until it has what was asked for.
+    let got: Vec<u64> = store.read(Stream::Syslog, 0, 25).unwrap().iter().map(|r| r.seq).collect();
+    let want: Vec<u64> = (0..10).chain(20..35).collect();
+    assert_eq!(got, want);
+    let got: Vec<u64> = store.read(Stream::Syslog, 5, 100).unwrap().iter().map(|r| r.seq).collect();
+    assert_eq!(got, (5..10).chain(20..50).collect::<Vec<_>>());
+}
+
+#[test]
 fn a_flipped_byte_quarantines_that_segment_only() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&config(dir.path())).unwrap();
