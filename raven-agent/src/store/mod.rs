@@ -15,9 +15,11 @@
 //!   removes what an interrupted one left (a temporary, or whichever of the
 //!   two files the index does not name).
 //! - Appends hold the state lock only to number, write, sync and index a
-//!   block (framing and compression happen before it); readers only to
-//!   look up rows and block lists and open files (decompression happens
-//!   after it). So a forwarder draining a backlog does not hold up capture.
+//!   block (framing and compression happen before it); [`Store::read`]
+//!   (the forwarders' read) only to look up rows and block lists and open
+//!   files (decompression happens after it), so a forwarder draining a
+//!   backlog does not hold up capture. [`Store::read_range`] (replays,
+//!   `segments cat`) still holds it for the whole read.
 //! - Records of a stream get dense, monotonic sequence numbers; an
 //!   acknowledged append is never lost except by retention (counted).
 //! - Damage never stops the store: a torn tail is truncated, a damaged
