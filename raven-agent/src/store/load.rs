@@ -57,6 +57,12 @@ pub struct LoadArgs {
     /// Records per second, generated on another thread (latency mode).
     #[arg(long)]
     rate: Option<u64>,
+    /// With `--rate`: this many threads read the stream meanwhile as a
+    /// forwarder draining a backlog does (batches of 4096 from a cursor,
+    /// from the start again once caught up), to measure what readers cost
+    /// the capture→durable latency.
+    #[arg(long, default_value_t = 0, requires = "rate")]
+    readers: usize,
     /// Take the datagrams of these pcap/pcapng files instead of synthetic
     /// syslog lines.
     #[arg(long, num_args = 1..)]
@@ -107,6 +113,25 @@ fn capture_source(
         bail!("the captures hold no datagram of a known stream (from that source)");
     }
     Ok(out)
+}
+
+/// A forwarder's read loop over the syslog stream until `done`: batches
+/// of 4096 from a cursor, from the start again once caught up.
+fn drain(store: &Store, done: &std::sync::atomic::AtomicBool, read: &std::sync::atomic::AtomicU64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut cursor = 0;
+    while !done.load(Relaxed) {
+        match store.read(Stream::Syslog, cursor, 4096) {
+            Ok(batch) if !batch.is_empty() => {
+                cursor = batch.last().map_or(cursor, |r| r.seq + 1);
+                read.fetch_add(batch.len() as u64, Relaxed);
+            }
+            _ => {
+                cursor = 0;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 /// The n-th record of the load, captured now.
@@ -221,6 +246,7 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
     let mut blocks = 0u64;
     let mut failures = Failures::default();
     let mut times = StageTimes::default();
+    let mut read_records = 0u64;
     let mut report = |ranges: Vec<(Stream, u64, u64)>, out: &mut io::StdoutLock| {
         blocks += ranges.len() as u64;
         if !args.summary {
@@ -280,8 +306,13 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
                 Default::default(),
                 Some(report_tx),
             );
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let read = std::sync::atomic::AtomicU64::new(0);
             std::thread::scope(|scope| {
-                scope
+                for _ in 0..args.readers {
+                    scope.spawn(|| drain(&store, &done, &read));
+                }
+                let ingested = scope
                     .spawn(|| {
                         tokio::runtime::Builder::new_multi_thread()
                             .enable_all()
@@ -289,8 +320,11 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
                             .map(|runtime| runtime.block_on(ingest))
                     })
                     .join()
-                    .map_err(|_| anyhow::anyhow!("the ingest thread panicked"))
+                    .map_err(|_| anyhow::anyhow!("the ingest thread panicked"));
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                ingested
             })??;
+            read_records = read.into_inner();
             generator.join().map_err(|_| anyhow::anyhow!("the generator panicked"))?;
             let mut stored = 0u64;
             for block in report_rx.try_iter() {
@@ -320,6 +354,8 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
         // Paced, only the records that never became durable are known.
         "failed_appends": unpaced.then_some(failures.appends),
         "failed_records": failures.records,
+        // Records the `--readers` read meanwhile.
+        "read_records": read_records,
         "codec": codec.name(),
         "level": config.compression_level,
         "latency_ms": {
