@@ -21,7 +21,8 @@
 //! second from a generator thread into the agent's own ingest stage
 //! ([`crate::pipeline::ingest`]: group commit by `store.flush_interval_ms`,
 //! decoding overlapped with storing), which is what the latency figures
-//! mean: capture time to durable.
+//! mean: capture time to durable. `--readers N` adds threads reading the
+//! stream meanwhile, as forwarders draining a backlog do.
 
 use std::{
     io::{self, Write},
