@@ -360,8 +360,12 @@ impl Shapes {
         let at = match self.0.iter().position(|&(m, _)| m == mask) {
             Some(at) => at,
             None if self.0.len() < MAX_SHAPES => {
-                let keys = TOP_KEYS.iter().zip(values.iter()).filter(|(_, v)| v.is_some());
-                self.0.push((mask, keys.map(|(&k, _)| (k.to_owned(), Value::Null)).collect()));
+                let keys: Vec<&str> = TOP_KEYS
+                    .iter()
+                    .zip(values.iter())
+                    .filter_map(|(&k, v)| v.as_ref().map(|_| k))
+                    .collect();
+                self.0.push((mask, super::prototype(&keys)));
                 self.0.len() - 1
             }
             None => {
@@ -369,11 +373,7 @@ impl Shapes {
                 return entries.filter_map(|(&k, v)| Some((k.to_owned(), v.take()?))).collect();
             }
         };
-        let mut map = self.0[at].1.clone();
-        for (slot, value) in map.values_mut().zip(values.iter_mut().filter_map(Option::take)) {
-            *slot = value;
-        }
-        map
+        super::filled(&self.0[at].1, values.iter_mut().filter_map(Option::take))
     }
 }
 
@@ -592,11 +592,10 @@ fn flows(packet: &NetflowPacket) -> Vec<Value> {
 const FLOW_KEYS: [&str; 7] =
     ["dst_addr", "dst_port", "first_seen", "last_seen", "protocol", "src_addr", "src_port"];
 
-/// A flow object with every value `null`, cloned for each flow: a clone
-/// copies the keys in order into one node, where inserting them searched
-/// the node for each (a fifth of a v9 datagram's decode time).
+/// A flow object with every value `null`, cloned and filled for each flow
+/// ([`super::prototype`]).
 static FLOW_PROTOTYPE: std::sync::LazyLock<Map<String, Value>> =
-    std::sync::LazyLock::new(|| FLOW_KEYS.iter().map(|&k| (k.to_string(), Value::Null)).collect());
+    std::sync::LazyLock::new(|| super::prototype(&FLOW_KEYS));
 
 /// One flow object: `null` for what the record lacks.
 fn flow(
@@ -619,12 +618,7 @@ fn flow(
         src_addr.map_or(Value::Null, address),
         or_null(src_port),
     ];
-    let mut flow = FLOW_PROTOTYPE.clone();
-    for ((key, slot), (expected, value)) in flow.iter_mut().zip(FLOW_KEYS.iter().zip(values)) {
-        debug_assert_eq!(key, expected);
-        *slot = value;
-    }
-    Value::Object(flow)
+    Value::Object(super::filled(&FLOW_PROTOTYPE, values))
 }
 
 /// An address as its text (`Display`, as serde writes it), without the
