@@ -40,8 +40,9 @@
 //! - Readers never lose or repeat a record: in the agent they look up
 //!   rows, block lists and open the files under the state lock (then read
 //!   without it; an open file outlives its deletion), so they see the old
-//!   row and file or the new ones. A read-only process (`segments cat`) may look up the old
-//!   row just before the swap and find its file deleted: [`Store::read`]
+//!   row and file or the new ones. A read-only process (`segments cat`)
+//!   may look up the old row just before the swap and find its file
+//!   deleted: [`Store::read`]
 //!   and [`Store::read_range`] then start over from the index, which names
 //!   the new file by then. The new row has a new id, so no block list
 //!   cached for the old file is used on the new one.
