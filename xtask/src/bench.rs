@@ -410,7 +410,8 @@ pub fn today() -> String {
 ///    of the bare payloads of the same stream concatenated (what archiving
 ///    the raw datagrams alone costs); then the same for single senders of
 ///    syslog (see [`single_sources`]);
-/// 3. capture→durable latency at a paced 100 k records/s with group commit;
+/// 3. capture→durable latency at a paced 100 k records/s with group commit,
+///    also with a forwarder-like reader draining meanwhile;
 /// 4. bytes per record at low rates, as written and after re-packing (see
 ///    [`low_rates`]; alone with `low_rate_only`).
 pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
@@ -506,10 +507,16 @@ pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
     println!(
         "\nCapture→durable latency, synthetic syslog paced at 100 000 records/s for 10 s, group commit as configured by default (store.flush_interval_ms = 10)\n"
     );
-    println!("| codec | records/s reached | blocks | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|");
-    for codec in ["gzip", "zstd"] {
-        let dir = tempdir()?.join(format!("store-latency-{codec}"));
+    println!(
+        "(readers: threads reading the stream meanwhile in batches of 4096, as forwarders \
+         draining a backlog do)\n"
+    );
+    println!(
+        "| codec | readers | records/s reached | blocks | p50 ms | p99 ms | max ms | records read |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (codec, readers) in [("gzip", "0"), ("gzip", "1"), ("zstd", "0")] {
+        let dir = tempdir()?.join(format!("store-latency-{codec}-{readers}"));
         let level = if codec == "gzip" { "6" } else { "3" };
         let summary = load(
             &agent,
@@ -519,6 +526,8 @@ pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
                 "1000000",
                 "--rate",
                 "100000",
+                "--readers",
+                readers,
                 "--codec",
                 codec,
                 "--level",
@@ -530,12 +539,13 @@ pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_str(summary.trim())
             .with_context(|| format!("load summary: {summary}"))?;
         println!(
-            "| {codec} {level} | {:.0} | {} | {} | {} | {} |",
+            "| {codec} {level} | {readers} | {:.0} | {} | {} | {} | {} | {} |",
             v["records_per_second"].as_f64().unwrap_or(0.0),
             v["blocks"],
             v["latency_ms"]["p50"],
             v["latency_ms"]["p99"],
-            v["latency_ms"]["max"]
+            v["latency_ms"]["max"],
+            v["read_records"]
         );
     }
     low_rates(&agent)
