@@ -31,7 +31,7 @@ use criterion::{Criterion, Throughput};
 use raven_agent::{
     config::DecodeConfig,
     decode::{
-        Decoder,
+        Decoder, Fields,
         samples::{self, Sample},
         snmp,
     },
@@ -155,7 +155,9 @@ fn main() -> anyhow::Result<()> {
                     if let Some(e) = &d.parse_error {
                         *reasons.entry(e.reason).or_default() += 1;
                     }
-                    flows += d.fields.get("flows").and_then(|f| f.as_array()).map_or(0, Vec::len);
+                    if let Fields::Flow(message) = &d.fields {
+                        flows += message.flows.len();
+                    }
                 }
             }
             let peer_packets = peer_pcap(row, &out.join(format!("{}.pcap", row.id)))?;

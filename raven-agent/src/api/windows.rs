@@ -150,7 +150,7 @@ async fn post_events(
         .map(|payload| {
             let decoded = crate::decode::windows_event(&payload);
             NewRecord {
-                decoded: Some(decoded.fields),
+                decoded: Some(decoded.fields.into()),
                 parse_error: decoded.parse_error.map(|e| e.stored_form()),
                 record: Record {
                     captured_at: now,

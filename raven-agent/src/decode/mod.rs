@@ -32,17 +32,71 @@ pub mod samples;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-/// What decoding one record produced.
+/// What decoding one record produced: a stream decoder's `F` is its fields'
+/// type (a JSON map for most), the [`Decoder`]'s is [`Fields`].
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Decoded {
+pub struct Decoded<F = Map<String, Value>> {
     /// Stream-specific fields (see `docs/records.md`), JSON-ready.
-    pub fields: Map<String, Value>,
+    pub fields: F,
     /// Set when the input did not fully parse.
     pub parse_error: Option<ParseError>,
     /// A datagram to send back to the record's source once the record is
     /// durable: the Response PDU that acknowledges an SNMP inform, or the
     /// Report an SNMPv3 request gets (engine discovery, USM errors).
     pub reply: Option<Bytes>,
+}
+
+/// A record's decoded fields: a JSON object either way. Most decoders
+/// build a `serde_json::Map`; the flow decoder builds typed structs, since
+/// a map with an owned `String` per key for every flow, and dropping it,
+/// were a third of an IPFIX datagram's decode (`docs/benchmarks.md`). The
+/// store encodes either as it serializes (`store::fields`), without making
+/// one from the other.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fields {
+    Object(Map<String, Value>),
+    Flow(flow::Message),
+}
+
+impl Default for Fields {
+    fn default() -> Self {
+        Fields::Object(Map::new())
+    }
+}
+
+impl From<Map<String, Value>> for Fields {
+    fn from(map: Map<String, Value>) -> Self {
+        Fields::Object(map)
+    }
+}
+
+impl serde::Serialize for Fields {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Fields::Object(map) => map.serialize(serializer),
+            Fields::Flow(message) => message.serialize(serializer),
+        }
+    }
+}
+
+impl Fields {
+    /// The fields as a JSON map (tests, and readers that look fields up by
+    /// name).
+    pub fn to_map(&self) -> Map<String, Value> {
+        match self {
+            Fields::Object(map) => map.clone(),
+            Fields::Flow(message) => match serde_json::to_value(message) {
+                Ok(Value::Object(map)) => map,
+                _ => unreachable!("a flow message serializes as an object"),
+            },
+        }
+    }
+}
+
+impl From<Decoded> for Decoded<Fields> {
+    fn from(d: Decoded) -> Self {
+        Decoded { fields: Fields::Object(d.fields), parse_error: d.parse_error, reply: d.reply }
+    }
 }
 
 /// Why an input did not parse.
@@ -106,13 +160,18 @@ impl Decoder {
 
     /// Decodes one record; also returns what its sequence number says
     /// about loss upstream (flows).
-    pub fn decode(&self, record: &crate::record::Record) -> (Option<Decoded>, flow::Sequence) {
+    pub fn decode(
+        &self,
+        record: &crate::record::Record,
+    ) -> (Option<Decoded<Fields>>, flow::Sequence) {
         use crate::record::Stream;
         let none = flow::Sequence::default();
         match record.stream {
-            Stream::Syslog => (Some(self.syslog.decode(&record.payload, record.captured_at)), none),
-            Stream::Snmp => (Some(self.snmp.decode(&record.payload)), none),
-            Stream::Windows => (Some(windows_event(&record.payload)), none),
+            Stream::Syslog => {
+                (Some(self.syslog.decode(&record.payload, record.captured_at).into()), none)
+            }
+            Stream::Snmp => (Some(self.snmp.decode(&record.payload).into()), none),
+            Stream::Windows => (Some(windows_event(&record.payload).into()), none),
             Stream::Netflow | Stream::Ipfix => {
                 let mut flow = self.flow.lock().unwrap_or_else(|p| p.into_inner());
                 let (decoded, sequence) = flow.decode(record.src, &record.payload);
@@ -121,7 +180,7 @@ impl Decoder {
             Stream::Sflow => {
                 let mut sflow = self.sflow.lock().unwrap_or_else(|p| p.into_inner());
                 let (decoded, sequence) = sflow.decode(&record.payload);
-                (Some(decoded), sequence)
+                (Some(decoded.into()), sequence)
             }
         }
     }
@@ -147,7 +206,7 @@ impl Decoder {
     }
 
     /// Decodes a batch; `None` where the stream has no decoder yet.
-    pub fn decode_batch(&self, batch: &[crate::record::Record]) -> Vec<Option<Decoded>> {
+    pub fn decode_batch(&self, batch: &[crate::record::Record]) -> Vec<Option<Decoded<Fields>>> {
         let mut event = crate::metrics::DecodedBatch::default();
         let mut seen = Vec::with_capacity(batch.len());
         let decoded = batch
@@ -176,7 +235,9 @@ impl Decoder {
 
 /// How a decode result is stored beside the raw bytes: the fields as a
 /// JSON object, the parse error as `reason: detail`.
-pub fn stored_form(decoded: Option<&Decoded>) -> (Option<Bytes>, Option<String>) {
+pub fn stored_form<F: serde::Serialize>(
+    decoded: Option<&Decoded<F>>,
+) -> (Option<Bytes>, Option<String>) {
     match decoded {
         Some(d) => (
             serde_json::to_vec(&d.fields).ok().map(Bytes::from),

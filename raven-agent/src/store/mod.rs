@@ -90,7 +90,7 @@ pub struct NewRecord {
     pub record: Record,
     /// Decoded fields: the decoder's object, stored compact and read back
     /// as the JSON text `serde_json` writes for it ([`fields`]).
-    pub decoded: Option<serde_json::Map<String, serde_json::Value>>,
+    pub decoded: Option<crate::decode::Fields>,
     pub parse_error: Option<String>,
 }
 

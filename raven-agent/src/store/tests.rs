@@ -35,7 +35,7 @@ fn record(text: &str, src: &str, at: SystemTime) -> NewRecord {
             via: crate::record::Via::Xdp,
             payload: Bytes::from(text.to_string()),
         },
-        decoded: Some(serde_json::Map::from_iter([("message".into(), text.into())])),
+        decoded: Some(serde_json::Map::from_iter([("message".into(), text.into())]).into()),
         parse_error: None,
     }
 }
