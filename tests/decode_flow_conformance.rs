@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
     let (mut files, mut datagrams, mut flows_compared, mut known_limits) = (0, 0, 0, 0);
     let (mut records_compared, mut templates_compared) = (0, 0);
+    let (mut options_compared, mut counters_compared) = (0, 0);
     let mut disagreements = Vec::new();
     for expected in common::shared_expected() {
         let Some(list) = expected["datagrams"].as_array() else { continue };
@@ -54,6 +55,7 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
             })
             .unwrap();
             let (got, _) = decoder.decode(exporter, payload);
+            let fields = serde_json::to_value(&got.fields).unwrap();
             let flow = &want["flow"];
             let frame = want["frame"].as_u64().unwrap_or(0);
             let mut check = |what: &str, ours: &Value, theirs: &Value| {
@@ -64,24 +66,31 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
                     ));
                 }
             };
-            check("version", &got.fields["version"], &flow["version"]);
+            check("version", &fields["version"], &flow["version"]);
             if !flow["sequence"].is_null() {
-                check("sequence", &got.fields["sequence"], &flow["sequence"]);
+                check("sequence", &fields["sequence"], &flow["sequence"]);
             }
             if !flow["source_id"].is_null() {
-                check("source id", &got.fields["source_id"], &flow["source_id"]);
+                check("source id", &fields["source_id"], &flow["source_id"]);
             }
             if !flow["observation_domain_id"].is_null() {
-                check("domain", &got.fields["observation_domain"], &flow["observation_domain_id"]);
+                check("domain", &fields["observation_domain"], &flow["observation_domain_id"]);
             }
             if matches!(flow["version"].as_u64(), Some(9 | 10)) && got.parse_error.is_none() {
-                let defined: Vec<&Value> = flow["templates_defined"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|t| &t["template_id"])
-                    .collect();
-                check("templates defined", &got.fields["template_ids"], &json!(defined));
+                // Templates and options templates apart, in order, each
+                // with its field count (an options template's scope fields
+                // included).
+                for (key, options) in [("templates", false), ("options_templates", true)] {
+                    let defined: Vec<Value> = flow["templates_defined"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| t["options"] == options)
+                        .map(|t| json!({ "id": t["template_id"], "fields": t["field_count"] }))
+                        .collect();
+                    options_compared += usize::from(options && !defined.is_empty());
+                    check(key, &fields[key], &json!(defined));
+                }
                 let data: Vec<&Value> = flow["sets"]
                     .as_array()
                     .into_iter()
@@ -89,7 +98,7 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
                     .map(|s| &s["set_id"])
                     .filter(|id| id.as_u64().is_some_and(|id| id >= 256))
                     .collect();
-                check("data set ids", &got.fields["data_set_ids"], &json!(data));
+                check("data set ids", &fields["data_set_ids"], &json!(data));
                 templates_compared += 1;
             }
             let all_known = flow["sets"].as_array().is_some_and(|sets| {
@@ -97,7 +106,7 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
             });
             if all_known && flow["data_records"].is_u64() {
                 flows_compared += 1;
-                let ours = got.fields["flows"].as_array().map_or(0, Vec::len);
+                let ours = fields["flows"].as_array().map_or(0, Vec::len);
                 if file.contains("106-IPFIXv10-HUAWEI-vrf_name")
                     && ours == 0
                     && flow["data_records"] != 0
@@ -125,7 +134,7 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
                     .filter(|set| set["kind"] == "data" && set["template_type"] == "template")
                     .flat_map(|set| set["first_records"].as_array().into_iter().flatten())
                     .collect();
-                let ours_flows = got.fields["flows"].as_array().cloned().unwrap_or_default();
+                let ours_flows = fields["flows"].as_array().cloned().unwrap_or_default();
                 if theirs.len() == flow["data_records"].as_u64().unwrap_or(0) as usize {
                     for (i, (t, o)) in theirs.iter().zip(&ours_flows).enumerate() {
                         for (tkey, okey) in [
@@ -134,9 +143,13 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
                             ("srcport", "src_port"),
                             ("dstport", "dst_port"),
                             ("protocol", "protocol"),
+                            ("octets", "octets"),
+                            ("packets", "packets"),
                         ] {
                             if !t[tkey].is_null() {
                                 records_compared += 1;
+                                counters_compared +=
+                                    usize::from(matches!(tkey, "octets" | "packets"));
                                 check(&format!("record {i} {okey}"), &o[okey], &t[tkey]);
                             }
                         }
@@ -147,9 +160,12 @@ fn netflow_and_ipfix_agree_with_tshark_on_every_shared_capture() {
     }
     println!(
         "{files} captures, {datagrams} flow datagrams, {flows_compared} record counts, \
-         {templates_compared} template and data set id lists and {records_compared} record \
-         fields compared, {known_limits} known parser limits"
+         {templates_compared} template and data set id lists ({options_compared} with options \
+         templates) and {records_compared} record fields ({counters_compared} octet and packet \
+         counts) compared, {known_limits} known parser limits"
     );
+    assert!(options_compared > 5, "options templates were compared");
+    assert!(counters_compared > 200, "octet and packet counts were compared");
     assert!(templates_compared > 100, "template ids were compared");
     assert_eq!(known_limits, 2, "the known netflow_parser limit changed: re-check it");
     assert!(records_compared > 500, "first records were compared");

@@ -241,9 +241,13 @@ fn softflowd_netflow_v5_v9_and_ipfix_exports_are_stored_and_decode() {
                 *reported_gaps.entry(stream).or_default() += gap;
             }
             if version != "5" {
-                for id in d["template_ids"].as_array().unwrap() {
-                    assert!(id.as_u64().unwrap() >= 256, "{what}: template id {id}");
-                    templates.insert(id.as_u64().unwrap());
+                let defined = ["templates", "options_templates"]
+                    .map(|key| d[key].as_array().unwrap_or_else(|| panic!("{what}: {key}: {d}")));
+                for template in defined.into_iter().flatten() {
+                    let id = template["id"].as_u64().unwrap();
+                    assert!(id >= 256, "{what}: template id {id}");
+                    assert!(template["fields"].as_u64().unwrap() > 0, "{what}: {template}");
+                    templates.insert(id);
                 }
                 for id in d["data_set_ids"].as_array().unwrap() {
                     assert!(
@@ -262,6 +266,12 @@ fn softflowd_netflow_v5_v9_and_ipfix_exports_are_stored_and_decode() {
                     continue;
                 }
                 flow_count += 1;
+                // softflowd counts IP bytes: at least a header per packet.
+                let (octets, packets) = (f["octets"].as_u64(), f["packets"].as_u64());
+                assert!(
+                    packets.is_some_and(|p| p >= 1) && octets >= packets.map(|p| 20 * p),
+                    "{what}: octets and packets of {f}"
+                );
                 let text = |key: &str| {
                     let value = f[key].as_str().map(str::to_string);
                     value.unwrap_or_else(|| panic!("{what}: flow without {key}: {f} in {d}"))

@@ -223,9 +223,11 @@ fn new_names(old: &Path) -> Option<(PathBuf, PathBuf)> {
 /// re-pack of that segment (`verify`) rather than change a record.
 fn to_new(stored: &StoredRecord) -> Result<NewRecord, RepackFailure> {
     let decoded = match &stored.decoded {
-        Some(text) => Some(crate::decode::Fields::Object(serde_json::from_slice(text).map_err(
-            |e| RepackFailure::new("verify", format!("record {}: decoded fields: {e}", stored.seq)),
-        )?)),
+        Some(text) => {
+            Some(crate::decode::Fields::Object(serde_json::from_slice(text).map_err(|e| {
+                RepackFailure::new("verify", format!("record {}: decoded fields: {e}", stored.seq))
+            })?))
+        }
         None => None,
     };
     Ok(NewRecord {
