@@ -2000,14 +2000,19 @@ mod tests {
             }
         }
         /// Drops the error of an item this encoder refuses.
-        struct Careless;
+        struct Careless(bool);
         impl Serialize for Careless {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(None)?;
-                let _ = map.serialize_entry("a", &0.1f32);
-                let _ = map.serialize_entry("b", &nest(Value::Null, MAX_DEPTH + 1, false));
-                map.serialize_entry("c", &1)?;
-                map.end()
+                let mut seq = s.serialize_seq(None)?;
+                // Refused before a byte is written: without noticing, the
+                // array would be `[1]`, not `[0.1,1]`.
+                let _ = seq.serialize_element(&0.1f32);
+                seq.serialize_element(&1)?;
+                if self.0 {
+                    // Refused when half written.
+                    let _ = seq.serialize_element(&nest(Value::Null, MAX_DEPTH + 1, true));
+                }
+                seq.end()
             }
         }
         /// A value without its key.
@@ -2020,7 +2025,8 @@ mod tests {
             }
         }
         assert_eq!(form_of(&BTreeMap::from([("s", Short)])), VERBATIM);
-        assert_eq!(form_of(&Careless), VERBATIM);
+        assert_eq!(form_of(&BTreeMap::from([("c", Careless(false))])), VERBATIM);
+        assert_eq!(form_of(&BTreeMap::from([("c", Careless(true))])), VERBATIM);
         assert_eq!(form_of(&Keyless), VERBATIM);
     }
 }
