@@ -85,7 +85,13 @@ const OBJECT: u8 = 9;
 const ESCAPED: u8 = 10;
 const ESCAPED_IN_PAYLOAD: u8 = 11;
 
+#[inline]
 pub fn put_u64(out: &mut Vec<u8>, v: u64) {
+    // Most are counts, lengths and key numbers: one byte, no copy.
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     let mut buf = [0u8; 10];
     let n = v.encode_var(&mut buf);
     out.extend_from_slice(&buf[..n]);
@@ -404,7 +410,8 @@ impl Fields {
 }
 
 /// Why a record's fields were not written compact (they are kept as
-/// serde_json's text instead); never shown, only told apart in tests.
+/// serde_json's text instead). Never shown: it carries no text, so that
+/// every serializer call returns its `Result` in a register.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
     #[error("nested deeper than MAX_DEPTH")]
@@ -414,20 +421,21 @@ enum Refused {
     /// A value whose text serde_json writes in a way the format does not
     /// hold (an f32's own shortest digits, a 128-bit integer beyond 64
     /// bits, raw JSON), or a map key that is not a string.
-    #[error("no compact form for {0}")]
-    Unsupported(&'static str),
+    #[error("a value with no compact form")]
+    Unsupported,
     /// A `Serialize` implementation that broke serde's protocol (a length
     /// that is not the count, a key without its value, a refusal ignored):
     /// what serde_json writes for it is kept as it is.
-    #[error("serde's protocol broken: {0}")]
-    Malformed(&'static str),
-    #[error("{0}")]
-    Custom(String),
+    #[error("serde's protocol broken")]
+    Malformed,
+    /// The value's own error (serde_json fails on it too).
+    #[error("the value's own error")]
+    Custom,
 }
 
 impl serde::ser::Error for Refused {
-    fn custom<T: Display>(msg: T) -> Self {
-        Refused::Custom(msg.to_string())
+    fn custom<T: Display>(_msg: T) -> Self {
+        Refused::Custom
     }
 }
 
@@ -477,11 +485,12 @@ impl Encoder<'_> {
         Ok(())
     }
 
-    /// After the top value: nothing refused on the way. (serde hands out
-    /// `Ok` only for a whole value, so the object is written and closed.)
+    /// After the top value: nothing refused on the way, even if ignored.
+    /// (serde hands out `Ok` only for a whole value, so the object is
+    /// written and closed.)
     fn finished(&self) -> Result<(), Refused> {
         if self.failed || self.top || self.depth != 0 {
-            return Err(Refused::Malformed("a refusal ignored"));
+            return Err(Refused::Malformed);
         }
         Ok(())
     }
@@ -551,7 +560,7 @@ impl Encoder<'_> {
         let written = match write!(text, "{value}") {
             Ok(()) => write(self, &text),
             // serde_json fails on it too.
-            Err(_) => Err(Refused::Custom("a Display implementation failed".into())),
+            Err(_) => Err(Refused::Custom),
         };
         *self.text = text;
         written
@@ -657,12 +666,14 @@ impl Compound<'_, '_> {
     fn end(self) -> Result<(), Refused> {
         let Compound { encoder, open } = self;
         if open.keyed {
-            return Err(Refused::Malformed("a key without its value"));
+            // A key without its value.
+            return Err(Refused::Malformed);
         }
         encoder.depth -= 1;
         match open.len {
             Some(n) if n == open.count => {}
-            Some(_) => return Err(Refused::Malformed("a length that is not the count")),
+            // Not the count promised.
+            Some(_) => return Err(Refused::Malformed),
             None => {
                 let mut buf = [0u8; 10];
                 let n = (open.count as u64).encode_var(&mut buf);
@@ -711,7 +722,7 @@ impl<'e, 'a> Serializer for &'e mut Encoder<'a> {
         match (u64::try_from(v), i64::try_from(v)) {
             (Ok(u), _) => self.unsigned(u),
             (_, Ok(i)) => self.signed(i),
-            _ => Err(Refused::Unsupported("an integer beyond 64 bits")),
+            _ => Err(Refused::Unsupported),
         }
     }
 
@@ -734,7 +745,7 @@ impl<'e, 'a> Serializer for &'e mut Encoder<'a> {
     fn serialize_u128(self, v: u128) -> Result<(), Refused> {
         match u64::try_from(v) {
             Ok(u) => self.unsigned(u),
-            Err(_) => Err(Refused::Unsupported("an integer beyond 64 bits")),
+            Err(_) => Err(Refused::Unsupported),
         }
     }
 
@@ -744,7 +755,7 @@ impl<'e, 'a> Serializer for &'e mut Encoder<'a> {
         // writes the same.
         let (mut narrow, mut wide) = ([0u8; 32], [0u8; 32]);
         if v.is_finite() && json_text(&mut narrow, &v) != json_text(&mut wide, &f64::from(v)) {
-            return Err(Refused::Unsupported("an f32 whose digits are not its f64's"));
+            return Err(Refused::Unsupported);
         }
         self.float(v.into())
     }
@@ -858,7 +869,7 @@ impl<'e, 'a> Serializer for &'e mut Encoder<'a> {
 
     fn serialize_struct(self, name: &'static str, len: usize) -> Result<Compound<'e, 'a>, Refused> {
         if name == RAW_VALUE {
-            return Err(Refused::Unsupported("raw JSON"));
+            return Err(Refused::Unsupported);
         }
         self.serialize_map(Some(len))
     }
@@ -941,7 +952,7 @@ impl SerializeMap for Compound<'_, '_> {
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Refused> {
         let written = if self.open.keyed {
-            Err(Refused::Malformed("a key without its value"))
+            Err(Refused::Malformed)
         } else {
             key.serialize(KeyEncoder(&mut *self.encoder))
         };
@@ -952,7 +963,7 @@ impl SerializeMap for Compound<'_, '_> {
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
         if !self.open.keyed {
-            return self.encoder.noted(Err(Refused::Malformed("a value without its key")));
+            return self.encoder.noted(Err(Refused::Malformed));
         }
         self.element(value)?;
         self.open.keyed = false;
@@ -1014,7 +1025,7 @@ impl KeyEncoder<'_, '_> {
     }
 
     fn refuse<T>(self) -> Result<T, Refused> {
-        Err(Refused::Unsupported("a map key that is not a string"))
+        Err(Refused::Unsupported)
     }
 }
 
