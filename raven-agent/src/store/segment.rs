@@ -300,13 +300,7 @@ fn frame_v2(records: &[NewRecord]) -> Vec<u8> {
     for new in records {
         let before = decoded.len();
         if let Some(object) = &new.decoded {
-            // TEMPORARY until the store encodes any `Serialize`.
-            match object {
-                crate::decode::Fields::Object(map) => {
-                    fields.encode(map, &new.record.payload, &mut decoded)
-                }
-                flow => fields.encode(&flow.to_map(), &new.record.payload, &mut decoded),
-            }
+            fields.encode(object, &new.record.payload, &mut decoded);
         }
         decoded_lens.push((decoded.len() - before) as u64);
     }
