@@ -18,8 +18,8 @@
 //!   block (framing and compression happen before it); [`Store::read`]
 //!   (the forwarders' read) only to look up rows and block lists and open
 //!   files (decompression happens after it), so a forwarder draining a
-//!   backlog does not hold up capture. [`Store::read_range`] (replays,
-//!   `segments cat`) still holds it for the whole read.
+//!   backlog does not hold up capture; [`Store::read_range`] (replays,
+//!   `segments cat`) likewise, one segment at a time.
 //! - Records of a stream get dense, monotonic sequence numbers; an
 //!   acknowledged append is never lost except by retention (counted).
 //! - Damage never stops the store: a torn tail is truncated, a damaged
@@ -927,12 +927,19 @@ impl Store {
         exporter: Option<IpAddr>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let (from_ns, to_ns) = (nanos(from), nanos(to));
-        let mut state = self.state();
-        let rows = state.index.segments_for_range(stream, from_ns, to_ns, exporter)?;
+        let rows = self.state().index.segments_for_range(stream, from_ns, to_ns, exporter)?;
         let mut out = Vec::new();
         for row in rows {
-            let mut file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
-            let blocks = self.blocks_of(&mut state, &row)?;
+            // Under the lock only to open the file and take its block list
+            // (a segment re-packed or evicted since the look-up is gone:
+            // `retry_vanished` starts over); decompressed after it, one
+            // segment's file open at a time, so a replay of two weeks
+            // neither holds up appends nor runs out of descriptors.
+            let (mut file, blocks) = {
+                let mut state = self.state();
+                let file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
+                (file, self.blocks_of(&mut state, &row)?)
+            };
             for block in &blocks {
                 let records = segment::read_block(&mut file, block, row.stream, codec_of(&row)?)?;
                 out.extend(records.into_iter().filter(|r| {

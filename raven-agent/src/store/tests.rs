@@ -938,7 +938,7 @@ fn a_segment_evicted_during_its_repack_stays_evicted() {
 }
 
 /// Readers in the agent (the forwarder: `read` from a sequence number, in
-/// small batches) and in a read-only process (`segments cat`: a fresh
+/// small batches; a replay: `read_range`) and in a read-only process (`segments cat`: a fresh
 /// index connection, `read_range`) keep reading while every segment is
 /// re-packed: each read sees every record once, in order, identical. (The
 /// read-only reader meets a file deleted under it once or twice a run:
@@ -963,6 +963,9 @@ fn readers_during_a_repack_see_every_record_once_in_order() {
                     got.extend(batch);
                 }
                 assert!(got == expected, "pass {passes}: the forwarder's reads differ");
+                // A replay (the API's): the lock per segment, between swaps.
+                let got = store.read_range(Some(Stream::Syslog), SystemTime::UNIX_EPOCH, far, None);
+                assert!(got.unwrap() == expected, "pass {passes}: a replay's read differs");
                 passes += 1;
             }
             passes
