@@ -297,32 +297,53 @@ async fn replay(
     let sink = crate::forward::ManagedSink::new(&sink_config, &config.forward)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let takes = sink_config.effective_streams();
-    let store = state.store.clone();
     let (exporter, appliance) = (request.exporter, config.forward.appliance_id.clone());
-    let records = blocking(move || {
-        store.read_range(
-            stream,
-            crate::store::segment::from_nanos(from),
-            crate::store::segment::from_nanos(to),
-            exporter,
-        )
+    let (from, to) =
+        (crate::store::segment::from_nanos(from), crate::store::segment::from_nanos(to));
+    // A range may hold hours of every exporter: it is read a segment at a
+    // time, once to count what is scheduled, then again as it is sent (at
+    // most a segment read ahead), never all in memory.
+    let store = state.store.clone();
+    let scheduled = blocking(move || {
+        let mut scheduled =
+            ReplayScheduled { sink: request.sink, records: 0, first_seq: None, last_seq: None };
+        let mut range = store.range(stream, from, to, exporter)?;
+        while let Some(segment) = range.next_segment()? {
+            for r in segment.iter().filter(|r| takes.contains(&r.record.stream)) {
+                scheduled.records += 1;
+                scheduled.first_seq.get_or_insert(r.seq);
+                scheduled.last_seq = Some(r.seq);
+            }
+        }
+        Ok(scheduled)
     })
     .await?;
-    let records: Vec<_> = records
-        .into_iter()
-        .filter(|r| takes.contains(&r.record.stream))
-        .map(|r| crate::forward::replay::outgoing(&appliance, r))
-        .collect();
-    let scheduled = ReplayScheduled {
-        sink: request.sink.clone(),
-        records: records.len() as u64,
-        first_seq: records.first().map(|r| r.id.seq),
-        last_seq: records.last().map(|r| r.id.seq),
-    };
-    tracing::info!(sink = %request.sink, records = records.len(), "replay scheduled");
+    tracing::info!(sink = %scheduled.sink, records = scheduled.records, "replay scheduled");
+    let (batches, receiver) = tokio::sync::mpsc::channel(1);
+    let (store, sink_name) = (state.store.clone(), scheduled.sink.clone());
+    let takes = sink_config.effective_streams();
+    tokio::task::spawn_blocking(move || {
+        let read = store.range(stream, from, to, exporter).and_then(|mut range| {
+            while let Some(segment) = range.next_segment()? {
+                let records: Vec<_> = segment
+                    .into_iter()
+                    .filter(|r| takes.contains(&r.record.stream))
+                    .map(|r| crate::forward::replay::outgoing(&appliance, r))
+                    .collect();
+                if !records.is_empty() && batches.blocking_send(records).is_err() {
+                    break; // the sink gave up
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = read {
+            tracing::error!(sink = %sink_name, error = %e, "replay stopped: reading the range failed");
+        }
+    });
     tokio::spawn(crate::forward::replay::run(
         sink,
-        records,
+        receiver,
+        scheduled.records,
         config.forward.breaker_failures.max(1),
     ));
     Ok((StatusCode::ACCEPTED, Json(scheduled)))

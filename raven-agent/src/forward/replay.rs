@@ -34,29 +34,41 @@ pub fn outgoing(appliance: &str, stored: StoredRecord) -> Outgoing {
     }
 }
 
-/// Sends `records` (already in order) through `sink`, retrying a batch
-/// from its first unacknowledged record until the sink's link health gives
-/// up (`attempts` failed sends in a row).
-pub async fn run(mut sink: ManagedSink, records: Vec<Outgoing>, attempts: u32) -> ReplayOutcome {
+/// Sends the batches `records` brings (in order: a range read a segment at
+/// a time) through `sink`, retrying a batch from its first unacknowledged
+/// record until the sink's link health gives up (`attempts` failed sends
+/// in a row). `scheduled` is what the range held when the replay was
+/// asked for: what is not acknowledged of it is counted as such.
+pub async fn run(
+    mut sink: ManagedSink,
+    mut records: tokio::sync::mpsc::Receiver<Vec<Outgoing>>,
+    scheduled: u64,
+    attempts: u32,
+) -> ReplayOutcome {
     let started = SystemTime::now();
-    let mut outcome = ReplayOutcome { records: records.len() as u64, acknowledged: 0 };
-    let mut rest = &records[..];
+    let mut outcome = ReplayOutcome { records: scheduled, acknowledged: 0 };
     let mut failures = 0;
-    while !rest.is_empty() && failures < attempts {
-        let batch = &rest[..rest.len().min(512)];
-        let acknowledged = match sink.send(batch).await {
-            Ok(d) => {
-                failures = 0;
-                d.acknowledged
+    'batches: while let Some(batch) = records.recv().await {
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            if failures >= attempts {
+                break 'batches;
             }
-            Err(f) => {
-                failures += 1;
-                tracing::warn!(sink = %sink.name(), error = %f.error, "replay send failed");
-                f.acknowledged
-            }
-        };
-        outcome.acknowledged += acknowledged as u64;
-        rest = &rest[acknowledged..];
+            let chunk = &rest[..rest.len().min(512)];
+            let acknowledged = match sink.send(chunk).await {
+                Ok(d) => {
+                    failures = 0;
+                    d.acknowledged
+                }
+                Err(f) => {
+                    failures += 1;
+                    tracing::warn!(sink = %sink.name(), error = %f.error, "replay send failed");
+                    f.acknowledged
+                }
+            };
+            outcome.acknowledged += acknowledged as u64;
+            rest = &rest[acknowledged..];
+        }
     }
     tracing::info!(sink = %sink.name(), records = outcome.records,
         acknowledged = outcome.acknowledged,

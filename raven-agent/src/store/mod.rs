@@ -908,7 +908,9 @@ impl Store {
     }
 
     /// Records captured between `from` and `to` (inclusive), optionally of
-    /// one stream and one exporter, oldest segment first.
+    /// one stream and one exporter: by stream, in sequence order (all of
+    /// them in memory; a replay reads them a segment at a time with
+    /// [`Store::range`]).
     pub fn read_range(
         &self,
         stream: Option<Stream>,
@@ -916,37 +918,57 @@ impl Store {
         to: SystemTime,
         exporter: Option<IpAddr>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        retry_vanished(|| self.read_range_once(stream, from, to, exporter))
+        let mut reader = self.range(stream, from, to, exporter)?;
+        let mut out = Vec::new();
+        while let Some(batch) = reader.next_segment()? {
+            out.extend(batch);
+        }
+        Ok(out)
     }
 
-    fn read_range_once(
+    /// The same range, read one segment at a time ([`RangeReader`]).
+    pub fn range(
         &self,
         stream: Option<Stream>,
         from: SystemTime,
         to: SystemTime,
         exporter: Option<IpAddr>,
+    ) -> Result<RangeReader<'_>, StoreError> {
+        let mut reader = RangeReader {
+            store: self,
+            stream,
+            from_ns: nanos(from),
+            to_ns: nanos(to),
+            exporter,
+            rows: Default::default(),
+            next_seq: HashMap::new(),
+            relisted: 0,
+        };
+        reader.list()?;
+        Ok(reader)
+    }
+
+    /// One segment's records in `[from_ns, to_ns]` (of `exporter`): under
+    /// the lock only to open the file and take its block list, decompressed
+    /// after it.
+    fn read_segment_range(
+        &self,
+        row: &SegmentRow,
+        (from_ns, to_ns): (u64, u64),
+        exporter: Option<IpAddr>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let (from_ns, to_ns) = (nanos(from), nanos(to));
-        let rows = self.state().index.segments_for_range(stream, from_ns, to_ns, exporter)?;
+        let (mut file, blocks) = {
+            let mut state = self.state();
+            let file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
+            (file, self.blocks_of(&mut state, row)?)
+        };
         let mut out = Vec::new();
-        for row in rows {
-            // Under the lock only to open the file and take its block list
-            // (a segment re-packed or evicted since the look-up is gone:
-            // `retry_vanished` starts over); decompressed after it, one
-            // segment's file open at a time, so a replay of two weeks
-            // neither holds up appends nor runs out of descriptors.
-            let (mut file, blocks) = {
-                let mut state = self.state();
-                let file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
-                (file, self.blocks_of(&mut state, &row)?)
-            };
-            for block in &blocks {
-                let records = segment::read_block(&mut file, block, row.stream, codec_of(&row)?)?;
-                out.extend(records.into_iter().filter(|r| {
-                    let t = nanos(r.record.captured_at);
-                    t >= from_ns && t <= to_ns && exporter.is_none_or(|ip| r.record.src.ip() == ip)
-                }));
-            }
+        for block in &blocks {
+            let records = segment::read_block(&mut file, block, row.stream, codec_of(row)?)?;
+            out.extend(records.into_iter().filter(|r| {
+                let t = nanos(r.record.captured_at);
+                t >= from_ns && t <= to_ns && exporter.is_none_or(|ip| r.record.src.ip() == ip)
+            }));
         }
         Ok(out)
     }
@@ -1181,6 +1203,83 @@ struct PlannedFile {
     file: File,
     codec: segment::Codec,
     blocks: Vec<BlockMeta>,
+}
+
+/// A time range of stored records read one segment at a time: each
+/// [`RangeReader::next_segment`] is one segment's records in the range, so
+/// a replay holds a segment's worth, not the range's, and takes the state
+/// lock per segment, only to open it (appends go on meanwhile).
+///
+/// Segments come by stream, oldest first, and are read whole, so the
+/// sequence number after the last segment read, per stream, marks where
+/// the range resumes: a segment re-packed or evicted between the look-up
+/// and its open (its file gone) makes the reader look the rest of the
+/// range up again and go on from that mark — nothing handed out twice,
+/// nothing still stored skipped. It gives up after [`MAX_RELISTS`]
+/// look-ups.
+pub struct RangeReader<'a> {
+    store: &'a Store,
+    stream: Option<Stream>,
+    from_ns: u64,
+    to_ns: u64,
+    exporter: Option<IpAddr>,
+    rows: std::collections::VecDeque<SegmentRow>,
+    /// Per stream, the sequence number after the last segment read.
+    next_seq: HashMap<Stream, u64>,
+    relisted: u32,
+}
+
+/// Look-ups of a range's rest after a segment vanished under the reader.
+const MAX_RELISTS: u32 = 8;
+
+impl RangeReader<'_> {
+    /// The range's segments not yet read.
+    fn list(&mut self) -> Result<(), StoreError> {
+        let rows = self.store.state().index.segments_for_range(
+            self.stream,
+            self.from_ns,
+            self.to_ns,
+            self.exporter,
+        )?;
+        let next_seq = &self.next_seq;
+        self.rows = rows
+            .into_iter()
+            .filter(|r| next_seq.get(&r.stream).is_none_or(|&next| r.last_seq as u64 >= next))
+            .collect();
+        Ok(())
+    }
+
+    /// The next segment's records in the range (segments with none are
+    /// passed over); `None` once the range is read.
+    pub fn next_segment(&mut self) -> Result<Option<Vec<StoredRecord>>, StoreError> {
+        while let Some(row) = self.rows.pop_front() {
+            let range = (self.from_ns, self.to_ns);
+            let mut records = match self.store.read_segment_range(&row, range, self.exporter) {
+                Ok(records) => records,
+                Err(StoreError::Io(e))
+                    if e.kind() == io::ErrorKind::NotFound && self.relisted < MAX_RELISTS =>
+                {
+                    self.relisted += 1;
+                    self.list()?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let next = self.next_seq.entry(row.stream).or_default();
+            // A segment read before comes again after a look-up if records
+            // were appended to it since (the open one): not what it gave.
+            records.retain(|r| r.seq >= *next);
+            // The segment is read: nothing of it is needed again, matched
+            // or not (records appended to it since the look-up included).
+            let read_to = records.last().map_or(row.last_seq as u64, |r| r.seq);
+            *next = (*next).max(read_to + 1);
+            if records.is_empty() {
+                continue;
+            }
+            return Ok(Some(records));
+        }
+        Ok(None)
+    }
 }
 
 /// A read that found a segment file gone — a re-pack replaced it (see

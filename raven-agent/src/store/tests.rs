@@ -1062,3 +1062,41 @@ fn no_repack_without_room_for_a_copy_above_the_free_space_floor() {
     // With room, the same pass goes ahead (the refusal was not remembered).
     assert!(store.repack_pass(&REPACK_ALL).unwrap().segments > 0);
 }
+
+/// A range read a segment at a time (replays): each batch is one
+/// segment's records, and together they are `read_range`'s, in order —
+/// also when every segment is re-packed (their files replaced) between two
+/// batches: the reader looks the rest up again and goes on after what it
+/// handed out, nothing twice, nothing skipped.
+#[test]
+fn a_range_is_read_a_segment_at_a_time_and_survives_a_repack_midway() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = low_rate_store(dir.path());
+    let far = SystemTime::now() + Duration::from_secs(3600);
+    let everything = store.read_range(None, SystemTime::UNIX_EPOCH, far, None).unwrap();
+    let largest = store.segments(None).unwrap().iter().map(|r| r.records).max().unwrap();
+    let mut reader = store.range(None, SystemTime::UNIX_EPOCH, far, None).unwrap();
+    let mut got = Vec::new();
+    let mut batches = 0;
+    while let Some(batch) = reader.next_segment().unwrap() {
+        assert!(!batch.is_empty() && batch.len() as u64 <= largest, "one segment's worth");
+        batches += 1;
+        got.extend(batch);
+    }
+    assert!(batches > 3, "{batches} segments");
+    assert!(got == everything, "the batches are the range");
+
+    // Syslog's first segment read, then every segment re-packed.
+    let syslog = |records: &[StoredRecord]| -> Vec<StoredRecord> {
+        records.iter().filter(|r| r.record.stream == Stream::Syslog).cloned().collect()
+    };
+    let mut reader = store.range(Some(Stream::Syslog), SystemTime::UNIX_EPOCH, far, None).unwrap();
+    let mut got = reader.next_segment().unwrap().unwrap();
+    assert!(got.len() < syslog(&everything).len(), "more than one syslog segment");
+    let repacked = store.repack_pass(&REPACK_ALL).unwrap().segments;
+    assert!(repacked > 1, "{repacked}");
+    while let Some(batch) = reader.next_segment().unwrap() {
+        got.extend(batch);
+    }
+    assert!(got == syslog(&everything), "every syslog record once, in order");
+}
