@@ -304,30 +304,33 @@ async fn replay(
     // time, once to count what is scheduled, then again as it is sent (at
     // most a segment read ahead), never all in memory.
     let store = state.store.clone();
-    let scheduled = blocking(move || {
+    // The sending pass stops where the counting one did, per stream:
+    // records stored since (a range that ends later) are not scheduled.
+    let (scheduled, last_counted) = blocking(move || {
         let mut scheduled =
             ReplayScheduled { sink: request.sink, records: 0, first_seq: None, last_seq: None };
+        let mut last_counted = std::collections::HashMap::new();
         let mut range = store.range(stream, from, to, exporter)?;
         while let Some(segment) = range.next_segment()? {
             for r in segment.iter().filter(|r| takes.contains(&r.record.stream)) {
                 scheduled.records += 1;
                 scheduled.first_seq.get_or_insert(r.seq);
                 scheduled.last_seq = Some(r.seq);
+                last_counted.insert(r.record.stream, r.seq);
             }
         }
-        Ok(scheduled)
+        Ok((scheduled, last_counted))
     })
     .await?;
     tracing::info!(sink = %scheduled.sink, records = scheduled.records, "replay scheduled");
     let (batches, receiver) = tokio::sync::mpsc::channel(1);
     let (store, sink_name) = (state.store.clone(), scheduled.sink.clone());
-    let takes = sink_config.effective_streams();
     tokio::task::spawn_blocking(move || {
         let read = store.range(stream, from, to, exporter).and_then(|mut range| {
             while let Some(segment) = range.next_segment()? {
                 let records: Vec<_> = segment
                     .into_iter()
-                    .filter(|r| takes.contains(&r.record.stream))
+                    .filter(|r| last_counted.get(&r.record.stream).is_some_and(|&l| r.seq <= l))
                     .map(|r| crate::forward::replay::outgoing(&appliance, r))
                     .collect();
                 if !records.is_empty() && batches.blocking_send(records).is_err() {
