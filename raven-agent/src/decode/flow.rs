@@ -488,6 +488,24 @@ impl Outline {
     }
 }
 
+/// A v5 or v7 record as a flow: two types with the same field names.
+macro_rules! fixed_format_flow {
+    ($record:expr) => {{
+        let f = $record;
+        Flow {
+            src_addr: Some(f.src_addr.into()),
+            dst_addr: Some(f.dst_addr.into()),
+            src_port: Some(f.src_port),
+            dst_port: Some(f.dst_port),
+            protocol: Some(f.protocol_number),
+            first_seen: Some(f.first.into()),
+            last_seen: Some(f.last.into()),
+            octets: Some(f.d_octets.into()),
+            packets: Some(f.d_pkts.into()),
+        }
+    }};
+}
+
 /// The flows of a message, one per data or options data record
 /// (`docs/records.md`), in the parser's order. The fields are
 /// picked as `netflow_parser`'s common view (`as_netflow_common`) picks
@@ -498,28 +516,8 @@ fn flows(packet: &NetflowPacket) -> Vec<Flow> {
     use netflow_parser::variable_versions::{ipfix, v9};
     let mut out = Vec::new();
     match packet {
-        NetflowPacket::V5(p) => out.extend(p.flowsets.iter().map(|f| Flow {
-            src_addr: Some(f.src_addr.into()),
-            dst_addr: Some(f.dst_addr.into()),
-            src_port: Some(f.src_port),
-            dst_port: Some(f.dst_port),
-            protocol: Some(f.protocol_number),
-            first_seen: Some(f.first.into()),
-            last_seen: Some(f.last.into()),
-            octets: Some(f.d_octets.into()),
-            packets: Some(f.d_pkts.into()),
-        })),
-        NetflowPacket::V7(p) => out.extend(p.flowsets.iter().map(|f| Flow {
-            src_addr: Some(f.src_addr.into()),
-            dst_addr: Some(f.dst_addr.into()),
-            src_port: Some(f.src_port),
-            dst_port: Some(f.dst_port),
-            protocol: Some(f.protocol_number),
-            first_seen: Some(f.first.into()),
-            last_seen: Some(f.last.into()),
-            octets: Some(f.d_octets.into()),
-            packets: Some(f.d_pkts.into()),
-        })),
+        NetflowPacket::V5(p) => out.extend(p.flowsets.iter().map(|f| fixed_format_flow!(f))),
+        NetflowPacket::V7(p) => out.extend(p.flowsets.iter().map(|f| fixed_format_flow!(f))),
         NetflowPacket::V9(p) => {
             let records = p.flowsets.iter().map(|s| match &s.body {
                 v9::FlowSetBody::Data(d) => d.fields.len(),

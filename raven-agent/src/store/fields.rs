@@ -894,57 +894,31 @@ impl<'e, 'a> Serializer for &'e mut Encoder<'a> {
     }
 }
 
-impl SerializeSeq for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Refused;
+/// Sequences, tuples and tuple variants: items one after another (a
+/// tuple variant's array inside its `{"Variant": ...}`).
+macro_rules! items_compound {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl $trait for Compound<'_, '_> {
+            type Ok = ();
+            type Error = Refused;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.element(value)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
+                self.element(value)
+            }
 
-    fn end(self) -> Result<(), Refused> {
-        Compound::end(self)
-    }
+            fn end(self) -> Result<(), Refused> {
+                Compound::end(self)
+            }
+        }
+    )*};
 }
 
-impl SerializeTuple for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Refused;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Refused> {
-        Compound::end(self)
-    }
-}
-
-impl SerializeTupleStruct for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Refused;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Refused> {
-        Compound::end(self)
-    }
-}
-
-impl SerializeTupleVariant for Compound<'_, '_> {
-    type Ok = ();
-    type Error = Refused;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Refused> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Refused> {
-        Compound::end(self)
-    }
-}
+items_compound!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl SerializeMap for Compound<'_, '_> {
     type Ok = ();
