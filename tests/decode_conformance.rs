@@ -125,3 +125,31 @@ fn syslog_and_snmp_agree_with_tshark_on_every_shared_capture() {
     assert_eq!(known_limits, 3, "the known snmp-parser limit changed: re-check it");
     assert!(disagreements.is_empty(), "{} disagreements (above)", disagreements.len());
 }
+
+/// Several files in one run: one that is neither a capture nor given a
+/// stream, and one that does not exist, are named on stderr and passed
+/// over; the captures around them are still decoded (templates and all),
+/// and the exit status says not everything was.
+#[test]
+fn a_file_that_cannot_be_read_is_reported_and_the_others_are_still_decoded() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let capture = shared.join("_generated-locally/net-snmp-5.9.3/netsnmp-traps-informs.pcap");
+    let not_a_capture = shared.join("_generated-locally/net-snmp-5.9.3/README.md");
+    let missing = shared.join("no-such-capture.pcap");
+    let alone = Command::new(AGENT).arg("decode").arg(&capture).output().unwrap();
+    assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+    let one_capture = String::from_utf8_lossy(&alone.stdout).lines().count();
+    assert!(one_capture > 5, "{one_capture} datagrams");
+
+    let out = Command::new(AGENT)
+        .arg("decode")
+        .args([&capture, &not_a_capture, &missing, &capture])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a file was not decoded: the run must say so");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2 * one_capture);
+    assert!(stderr.contains("README.md: not a pcap or pcapng file"), "{stderr}");
+    assert!(stderr.contains("no-such-capture.pcap: No such file"), "{stderr}");
+    assert!(stderr.contains("2 of 4 files not decoded"), "{stderr}");
+}

@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeMap, io::Write, net::SocketAddr, path::PathBuf, time::SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::Args;
 
@@ -107,16 +107,28 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
     let ports = port_map(&args.ports);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut seq = 0u64;
+    // A file that cannot be read is reported and passed over: the others
+    // are still decoded, and the exit status says something was not.
+    let mut unread = Vec::new();
     for path in &args.files {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("raven-agent decode: {}: {e}", path.display());
+                unread.push(path.display().to_string());
+                continue;
+            }
+        };
         let records: Vec<Record> = match capture_records(&bytes, by_port(&ports, args.stream)) {
             Ok(records) => records,
             Err(not_capture) => {
                 let Some(stream) = args.stream else {
-                    bail!(
-                        "{}: {not_capture}; for a raw payload file give --stream",
+                    eprintln!(
+                        "raven-agent decode: {}: {not_capture}; for a raw payload file give --stream",
                         path.display()
                     );
+                    unread.push(path.display().to_string());
+                    continue;
                 };
                 vec![Record {
                     captured_at: SystemTime::now(),
@@ -140,5 +152,8 @@ pub fn run(args: DecodeArgs) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    if !unread.is_empty() {
+        bail!("{} of {} files not decoded: {}", unread.len(), args.files.len(), unread.join(", "));
+    }
     Ok(())
 }
