@@ -190,9 +190,13 @@ pub fn segments(args: SegmentsArgs) -> anyhow::Result<()> {
             let from =
                 from.as_deref().map(parse_time).transpose()?.unwrap_or(SystemTime::UNIX_EPOCH);
             let to = to.as_deref().map(parse_time).transpose()?.unwrap_or_else(SystemTime::now);
-            for stored in store.read_range(stream, from, to, exporter)? {
-                serde_json::to_writer(&mut out, &to_json(&stored))?;
-                out.write_all(b"\n")?;
+            // A segment at a time: two weeks print in a segment's memory.
+            let mut range = store.range(stream, from, to, exporter)?;
+            while let Some(segment) = range.next_segment()? {
+                for stored in segment {
+                    serde_json::to_writer(&mut out, &to_json(&stored))?;
+                    out.write_all(b"\n")?;
+                }
             }
         }
         SegmentsCommand::Relays => {

@@ -18,8 +18,8 @@
 //!   block (framing and compression happen before it); [`Store::read`]
 //!   (the forwarders' read) only to look up rows and block lists and open
 //!   files (decompression happens after it), so a forwarder draining a
-//!   backlog does not hold up capture; [`Store::read_range`] (replays,
-//!   `segments cat`) likewise, one segment at a time.
+//!   backlog does not hold up capture; range reads ([`RangeReader`]:
+//!   replays, `segments cat`) likewise, one segment at a time.
 //! - Records of a stream get dense, monotonic sequence numbers; an
 //!   acknowledged append is never lost except by retention (counted).
 //! - Damage never stops the store: a torn tail is truncated, a damaged
@@ -909,8 +909,8 @@ impl Store {
 
     /// Records captured between `from` and `to` (inclusive), optionally of
     /// one stream and one exporter: by stream, in sequence order (all of
-    /// them in memory; a replay reads them a segment at a time with
-    /// [`Store::range`]).
+    /// them in memory; replays and `segments cat` read them a segment at a
+    /// time with [`Store::range`]).
     pub fn read_range(
         &self,
         stream: Option<Stream>,

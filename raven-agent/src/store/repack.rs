@@ -40,12 +40,13 @@
 //! - Readers never lose or repeat a record: in the agent they look up
 //!   rows, block lists and open the files under the state lock (then read
 //!   without it; an open file outlives its deletion), so they see the old
-//!   row and file or the new ones. [`Store::read_range`] takes the lock
-//!   per segment, and a read-only process (`segments cat`) has none: either
+//!   row and file or the new ones. A range read ([`super::RangeReader`])
+//!   takes the lock per segment, and a read-only process has none: either
 //!   may look up the old row just before the swap and find its file
-//!   deleted; [`Store::read`] and [`Store::read_range`] then start over
-//!   from the index, which names the new file by then. The new row has a new id, so no block list
-//!   cached for the old file is used on the new one.
+//!   deleted; [`Store::read`] then starts over from the index, which names
+//!   the new file by then, and a range read looks the rest of its range up
+//!   again and goes on after what it handed out. The new row has a new
+//!   id, so no block list cached for the old file is used on the new one.
 //! - The state lock is never held while a segment is read, compressed or
 //!   synced: only for the checks, the rename, a directory sync and the
 //!   index swap. A pass is bounded (`store.repack_max_segments_per_pass`,
