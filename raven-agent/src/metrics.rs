@@ -1058,6 +1058,9 @@ pub struct ReplayFinished<'a> {
     pub sink: &'a str,
     pub records: u64,
     pub acknowledged: u64,
+    /// Why what was not acknowledged was not: `sink_gave_up`, or
+    /// `not_read` (the range's records could not all be read again).
+    pub shortfall: &'static str,
 }
 
 impl InternalEvent for ReplayFinished<'_> {
@@ -1069,7 +1072,7 @@ impl InternalEvent for ReplayFinished<'_> {
             tracing::warn!(
                 sink = self.sink,
                 records = failed,
-                reason = "sink_gave_up",
+                reason = self.shortfall,
                 "replay ended with records not acknowledged"
             );
             m.replayed.with_label_values(&[self.sink, "not_acknowledged"]).inc_by(failed);

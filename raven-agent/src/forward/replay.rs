@@ -77,6 +77,7 @@ pub async fn run(
         sink: sink.name(),
         records: outcome.records,
         acknowledged: outcome.acknowledged,
+        shortfall: if failures >= attempts { "sink_gave_up" } else { "not_read" },
     });
     outcome
 }
