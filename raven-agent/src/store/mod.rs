@@ -35,7 +35,8 @@
 //! `docs/segment-format.md`.
 //!
 //! Operations: [`Store::append`] (durable when it returns), [`Store::read`]
-//! (from a sequence number), [`Store::read_range`] (by time and exporter),
+//! (from a sequence number), [`Store::range`] (by time and exporter, a
+//! segment at a time),
 //! cursors, [`Store::cleanup`] (retention), [`Store::repack`] (small blocks
 //! of sealed segments rewritten as large ones: [`repack`]),
 //! [`Store::status`].
@@ -841,22 +842,8 @@ impl Store {
             else {
                 break;
             };
-            for PlannedFile { path, mut file, codec, blocks } in plan {
-                for block in &blocks {
-                    match segment::read_block(&mut file, block, stream, codec) {
-                        Ok(records) => out.extend(records.into_iter().filter(|r| r.seq >= from)),
-                        Err(e) => {
-                            // One bad block must not stall a reader: skip it,
-                            // loudly; `segments verify` finds it too.
-                            tracing::error!(segment = %path, %stream, error = %e,
-                                reason = "damaged_block", "skipping a damaged block");
-                            metrics::emit(metrics::StoreRepaired {
-                                what: "damaged_block_skipped",
-                                count: 1,
-                            });
-                        }
-                    }
-                }
+            for planned in plan {
+                planned.read(stream, |r| r.seq >= from, &mut out);
             }
             from = last + 1;
         }
@@ -907,10 +894,8 @@ impl Store {
         Ok(plan)
     }
 
-    /// Records captured between `from` and `to` (inclusive), optionally of
-    /// one stream and one exporter: by stream, in sequence order (all of
-    /// them in memory; replays and `segments cat` read them a segment at a
-    /// time with [`Store::range`]).
+    /// [`Store::range`]'s records all at once (tests).
+    #[cfg(test)]
     pub fn read_range(
         &self,
         stream: Option<Stream>,
@@ -926,7 +911,9 @@ impl Store {
         Ok(out)
     }
 
-    /// The same range, read one segment at a time ([`RangeReader`]).
+    /// Records captured between `from` and `to` (inclusive), optionally of
+    /// one stream and one exporter, by stream in sequence order, read one
+    /// segment at a time ([`RangeReader`]).
     pub fn range(
         &self,
         stream: Option<Stream>,
@@ -957,19 +944,21 @@ impl Store {
         (from_ns, to_ns): (u64, u64),
         exporter: Option<IpAddr>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        let (mut file, blocks) = {
+        let planned = {
             let mut state = self.state();
             let file = File::open(self.inner.dir.join(&row.path)).map_err(io_error)?;
-            (file, self.blocks_of(&mut state, row)?)
+            let blocks = self.blocks_of(&mut state, row)?;
+            PlannedFile { path: row.path.clone(), file, codec: codec_of(row)?, blocks }
         };
         let mut out = Vec::new();
-        for block in &blocks {
-            let records = segment::read_block(&mut file, block, row.stream, codec_of(row)?)?;
-            out.extend(records.into_iter().filter(|r| {
+        planned.read(
+            row.stream,
+            |r| {
                 let t = nanos(r.record.captured_at);
                 t >= from_ns && t <= to_ns && exporter.is_none_or(|ip| r.record.src.ip() == ip)
-            }));
-        }
+            },
+            &mut out,
+        );
         Ok(out)
     }
 
@@ -1203,6 +1192,32 @@ struct PlannedFile {
     file: File,
     codec: segment::Codec,
     blocks: Vec<BlockMeta>,
+}
+
+impl PlannedFile {
+    /// Decompresses the blocks (no lock held) and appends the records
+    /// `keep` wants. One bad block must not stall a reader: it is skipped,
+    /// loudly and counted; `segments verify` finds it too.
+    fn read(
+        mut self,
+        stream: Stream,
+        keep: impl Fn(&StoredRecord) -> bool,
+        out: &mut Vec<StoredRecord>,
+    ) {
+        for block in &self.blocks {
+            match segment::read_block(&mut self.file, block, stream, self.codec) {
+                Ok(records) => out.extend(records.into_iter().filter(|r| keep(r))),
+                Err(e) => {
+                    tracing::error!(segment = %self.path, %stream, error = %e,
+                        reason = "damaged_block", "skipping a damaged block");
+                    metrics::emit(metrics::StoreRepaired {
+                        what: "damaged_block_skipped",
+                        count: 1,
+                    });
+                }
+            }
+        }
+    }
 }
 
 /// A time range of stored records read one segment at a time: each

@@ -211,6 +211,11 @@ fn a_block_damaged_while_running_is_skipped_and_the_read_still_fills_up() {
     assert_eq!(got, want);
     let got: Vec<u64> = store.read(Stream::Syslog, 5, 100).unwrap().iter().map(|r| r.seq).collect();
     assert_eq!(got, (5..10).chain(20..50).collect::<Vec<_>>());
+    // A replay's range read skips it the same way.
+    let far = SystemTime::now() + Duration::from_secs(3600);
+    let got = store.read_range(None, SystemTime::UNIX_EPOCH, far, None).unwrap();
+    let got: Vec<u64> = got.iter().map(|r| r.seq).collect();
+    assert_eq!(got, (0..10).chain(20..50).collect::<Vec<_>>());
 }
 
 #[test]
