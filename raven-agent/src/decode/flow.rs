@@ -940,7 +940,7 @@ mod tests {
 
     /// The fields as the JSON object they serialize to.
     fn json_of(d: &Decoded<Fields>) -> Value {
-        Value::Object(d.fields.to_map())
+        serde_json::to_value(&d.fields).unwrap()
     }
 
     fn ports(d: &Decoded<Fields>) -> Vec<u64> {
@@ -1394,7 +1394,7 @@ mod tests {
     /// packets it did not report, the templates' ids where it listed ids
     /// (sorted: it listed both kinds in one list).
     fn as_reference(d: &Decoded<Fields>) -> Map<String, Value> {
-        let mut ours = d.fields.to_map();
+        let Value::Object(mut ours) = json_of(d) else { panic!("not an object") };
         for key in ["flows", "released_flows"] {
             for flow in ours.get_mut(key).and_then(Value::as_array_mut).into_iter().flatten() {
                 let flow = flow.as_object_mut().unwrap();

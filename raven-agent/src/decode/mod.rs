@@ -79,20 +79,6 @@ impl serde::Serialize for Fields {
     }
 }
 
-impl Fields {
-    /// The fields as a JSON map (tests, and readers that look fields up by
-    /// name).
-    pub fn to_map(&self) -> Map<String, Value> {
-        match self {
-            Fields::Object(map) => map.clone(),
-            Fields::Flow(message) => match serde_json::to_value(message) {
-                Ok(Value::Object(map)) => map,
-                _ => unreachable!("a flow message serializes as an object"),
-            },
-        }
-    }
-}
-
 impl From<Decoded> for Decoded<Fields> {
     fn from(d: Decoded) -> Self {
         Decoded { fields: Fields::Object(d.fields), parse_error: d.parse_error, reply: d.reply }
@@ -245,31 +231,6 @@ pub fn stored_form<F: serde::Serialize>(
         ),
         None => (None, None),
     }
-}
-
-/// A map with `keys` (which must be sorted, as the map keeps them), every
-/// value `null`: cloned and filled ([`filled`]) for each object of that
-/// shape. A clone copies the keys in order into one node; inserting them
-/// searched the node for each key and shifted the entries after it (a
-/// fifth of a v9 datagram's and of a v2c trap's decode time,
-/// `docs/benchmarks.md`).
-pub fn prototype(keys: &[&str]) -> Map<String, Value> {
-    debug_assert!(keys.is_sorted(), "{keys:?}");
-    keys.iter().map(|&k| (k.to_owned(), Value::Null)).collect()
-}
-
-/// A clone of `prototype` with `values` in its keys' order.
-pub fn filled(
-    prototype: &Map<String, Value>,
-    values: impl IntoIterator<Item = Value>,
-) -> Map<String, Value> {
-    let mut object = prototype.clone();
-    let mut values = values.into_iter();
-    for slot in object.values_mut() {
-        *slot = values.next().unwrap_or(Value::Null);
-    }
-    debug_assert!(values.next().is_none(), "more values than keys");
-    object
 }
 
 /// A Windows event as posted: one JSON object, kept whole under `event`.
