@@ -662,12 +662,31 @@ impl<'a> Agent<'a> {
             .collect()
     }
 
+    /// Waits until XDP is attached and the agent says it is ready: the
+    /// attach metric is set as the program attaches, a little before the
+    /// agent drops privileges and publishes its capture state (`/readyz`).
     pub fn wait_until_attached(&self) {
         let name = format!(
             "raven_xdp_attached{{interface=\"{}\",mode=\"driver\"}}",
             self.lab.appliance_if
         );
         self.wait_for_metric(&name, 1.0);
+        self.wait_until_ready();
+    }
+
+    /// Polls `/readyz` (bounded) until it answers 200.
+    pub fn wait_until_ready(&self) {
+        for _ in 0..100 {
+            if matches!(self.http("GET", "/readyz", None, None), Some((200, _))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "/readyz never answered 200: {:?}\n{}",
+            self.http("GET", "/readyz", None, None),
+            self.stderr()
+        );
     }
 }
 
