@@ -20,6 +20,9 @@ fn openapi_document_holds_against_the_running_agent() {
     );
     let agent = Agent::with_files(&lab, &config, &[("tokens", TOKEN)], &[]);
     assert!(agent.wait_stderr("serving the API"), "{}", agent.stderr());
+    // The API serves before capture has started; the schema's checks are
+    // about the running agent, not its first second.
+    agent.wait_until_ready();
     let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
     let out = Command::new("ip")
         .args(["netns", "exec", &lab.appliance.name, "st", "run", spec])
