@@ -456,14 +456,15 @@ pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
     println!(
         "\nReal datagrams: every UDP datagram of the {} shared pcap/pcapng captures ({distinct} \
          in all), each stored once in blocks of up to 1000 records; records/s from the same mix \
-         looped 200 000 times\n",
+         looped 200 000 times; read back: those 200 000 read back from the start in a sink's \
+         default batches (4096 records, 1 MiB of payload), as a forwarder drains a backlog\n",
         captures.len()
     );
     let payload_peer = peer_sizes(&agent, &captures, None, None)?;
     println!(
-        "| codec | level | records/s (mix) | stream | records | payload bytes/record | stored bytes/record | raw payloads, gzip -6 / zstd -3 (bytes/record) | stored vs gzip'd payloads |"
+        "| codec | level | records/s (mix) | read back records/s (payload MB/s) | stream | records | payload bytes/record | stored bytes/record | raw payloads, gzip -6 / zstd -3 (bytes/record) | stored vs gzip'd payloads |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (codec, level) in
         [("gzip", 1), ("gzip", 6), ("gzip", 9), ("zstd", 3), ("zstd", 9), ("zstd", 19)]
     {
@@ -490,13 +491,21 @@ pub fn store(records: u64, low_rate_only: bool) -> anyhow::Result<()> {
             ["--records", "200000", "--batch", "1000", "--codec", codec, "--level", &level];
         load_captures(&agent, &looped, &loop_args, &captures)?;
         let rate = 200_000.0 / start.elapsed().as_secs_f64();
+        let summary = load(&agent, &looped, &["--records", "0", "--read-back", "--summary"])?;
+        let back: serde_json::Value = serde_json::from_str(summary.trim())
+            .with_context(|| format!("load summary: {summary}"))?;
+        let back = format!(
+            "{:.0} ({:.0})",
+            back["read_back"]["records_per_second"].as_f64().unwrap_or(0.0),
+            back["read_back"]["payload_mb_per_second"].as_f64().unwrap_or(0.0)
+        );
         let _ = fs::remove_dir_all(&looped);
         for (stream, n, _raw, stored) in stats.iter().filter(|s| s.1 > 0) {
             let peer = payload_peer.iter().find(|p| &p.0 == stream);
             let (payload, gz, zst) = peer.map_or((0.0, 0.0, 0.0), |p| (p.1, p.2, p.3));
             let per = *stored as f64 / *n as f64;
             println!(
-                "| {codec} | {level} | {rate:.0} | {stream} | {n} | {payload:.0} | {per:.1} | {gz:.1} / {zst:.1} | {:.2}× |",
+                "| {codec} | {level} | {rate:.0} | {back} | {stream} | {n} | {payload:.0} | {per:.1} | {gz:.1} / {zst:.1} | {:.2}× |",
                 per / gz.max(0.001)
             );
         }

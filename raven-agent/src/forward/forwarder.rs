@@ -14,9 +14,9 @@
 //!   grows and is measured (`raven_forward_backlog_records`,
 //!   `raven_forward_lag_seconds`).
 //!
-//! Operation: read up to `batch_max_records` records (and
-//! `batch_max_bytes`) after the cursor of each of the
-//! sink's streams in turn; send (the managed sink waits out backoff, paces,
+//! Operation: read up to `batch_max_records` records and
+//! `batch_max_bytes` of payload (at least one record) after the cursor of
+//! each of the sink's streams in turn; send (the managed sink waits out backoff, paces,
 //! and records health); move the cursor. When every stream is caught up,
 //! wait for the store's next durable append, a flush request, or the probe
 //! interval (idle sinks are probed so a dead link shows before traffic
@@ -31,12 +31,18 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{ManagedSink, Outgoing, udp_relay::RelayState};
-use crate::{metrics, record::Stream};
+use crate::{metrics, record::Stream, store::ReadLimit};
 
 /// What the forwarder needs from the store.
 pub trait Backlog: Send + Sync + 'static {
-    /// Records of `stream` with `seq >= from_seq`, in order, at most `max`.
-    fn read(&self, stream: Stream, from_seq: u64, max: usize) -> Result<Vec<Outgoing>, String>;
+    /// Records of `stream` with `seq >= from_seq`, in order, within
+    /// `limit` (always at least one if there is one).
+    fn read(
+        &self,
+        stream: Stream,
+        from_seq: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<Outgoing>, String>;
     /// The last sequence number the sink acknowledged for the stream.
     fn cursor(&self, sink: &str, stream: Stream) -> Result<Option<u64>, String>;
     fn set_cursor(&self, sink: &str, stream: Stream, seq: u64) -> Result<(), String>;
@@ -61,8 +67,13 @@ pub struct StoreBacklog {
 }
 
 impl Backlog for StoreBacklog {
-    fn read(&self, stream: Stream, from_seq: u64, max: usize) -> Result<Vec<Outgoing>, String> {
-        let records = self.store.read(stream, from_seq, max).map_err(|e| e.to_string())?;
+    fn read(
+        &self,
+        stream: Stream,
+        from_seq: u64,
+        limit: ReadLimit,
+    ) -> Result<Vec<Outgoing>, String> {
+        let records = self.store.read(stream, from_seq, limit).map_err(|e| e.to_string())?;
         Ok(records
             .into_iter()
             .map(|stored| super::replay::outgoing(&self.appliance, stored))
@@ -157,7 +168,7 @@ pub async fn run(
             // still measured as records become durable.
             for &stream in &streams {
                 let from = backlog.cursor(&name, stream).ok().flatten().map_or(0, |c| c + 1);
-                let oldest = tokio::task::block_in_place(|| backlog.read(stream, from, 1))
+                let oldest = tokio::task::block_in_place(|| backlog.read(stream, from, 1.into()))
                     .unwrap_or_default();
                 publish_backlog(&name, stream, &*backlog, from, oldest.first());
             }
@@ -182,8 +193,8 @@ pub async fn run(
             };
             // Reading decompresses blocks from disk: keep it off the
             // runtime's other tasks.
-            let max = sink.batch_max_records();
-            let mut batch = match tokio::task::block_in_place(|| backlog.read(stream, from, max)) {
+            let limit = sink.batch_limit();
+            let batch = match tokio::task::block_in_place(|| backlog.read(stream, from, limit)) {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(sink = %name, %stream, from, error = %e,
@@ -196,7 +207,6 @@ pub async fn run(
             if batch.is_empty() {
                 continue;
             }
-            sink.limit_batch_bytes(&mut batch);
             persist_relay_state(&mut sink, &*backlog, &batch);
             let acknowledged = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -330,9 +340,10 @@ mod tests {
     }
 
     impl Backlog for Memory {
-        fn read(&self, _: Stream, from: u64, max: usize) -> Result<Vec<Outgoing>, String> {
+        fn read(&self, _: Stream, from: u64, limit: ReadLimit) -> Result<Vec<Outgoing>, String> {
             let records = self.records.lock().unwrap();
-            Ok(records.iter().skip(from as usize).take(max).cloned().collect())
+            let rest = &records[(from as usize).min(records.len())..];
+            Ok(rest[..limit.fitting(rest.iter().map(|r| r.payload.len()))].to_vec())
         }
         fn cursor(&self, sink: &str, stream: Stream) -> Result<Option<u64>, String> {
             Ok(self.cursors.lock().unwrap().get(&(sink.to_string(), stream)).copied())
@@ -411,24 +422,6 @@ mod tests {
         assert_eq!(got, b"27 <14>held through the outage");
         cancel.cancel();
         task.await.unwrap();
-    }
-
-    #[test]
-    fn a_batch_is_cut_at_its_byte_limit_but_never_empty() {
-        let memory = Memory::default();
-        for text in ["<14>aaaa", "<14>bbbb", "<14>cccc"] {
-            memory.push(text);
-        }
-        let mut config = SinkConfig::new("noc", SinkProtocol::SyslogUdp, "127.0.0.1:9");
-        config.batch_max_bytes = 17;
-        let sink = ManagedSink::new(&config, &ForwardConfig::default()).unwrap();
-        let mut batch = memory.read(Stream::Syslog, 0, 10).unwrap();
-        sink.limit_batch_bytes(&mut batch);
-        assert_eq!(batch.len(), 2, "two 8-byte payloads fit in 17 bytes, three do not");
-        config.batch_max_bytes = 1;
-        let sink = ManagedSink::new(&config, &ForwardConfig::default()).unwrap();
-        sink.limit_batch_bytes(&mut batch);
-        assert_eq!(batch.len(), 1, "an oversize record still goes, alone");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

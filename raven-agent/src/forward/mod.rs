@@ -335,25 +335,15 @@ impl ManagedSink {
         self.requires_vpn
     }
 
-    /// Most records per send: `batch_max_records`, and no more than one
-    /// second of `max_records_per_second` when that is set.
-    pub fn batch_max_records(&self) -> usize {
-        self.batch_max_records
-    }
-
-    /// Cuts `batch` to the longest prefix within `batch_max_bytes` of
-    /// payload, keeping at least one record so an oversize record still
-    /// goes.
-    pub fn limit_batch_bytes(&self, batch: &mut Vec<Outgoing>) {
-        let mut bytes = 0u64;
-        let within = batch
-            .iter()
-            .position(|r| {
-                bytes += r.payload.len() as u64;
-                bytes > self.batch_max_bytes
-            })
-            .unwrap_or(batch.len());
-        batch.truncate(within.max(1));
+    /// How much one send takes: `batch_max_records` (no more than one
+    /// second of `max_records_per_second` when that is set) and
+    /// `batch_max_bytes` of payload, but always one record, so an
+    /// oversize record still goes.
+    pub fn batch_limit(&self) -> crate::store::ReadLimit {
+        crate::store::ReadLimit {
+            records: self.batch_max_records,
+            payload_bytes: self.batch_max_bytes,
+        }
     }
 
     pub fn state(&self) -> LinkState {
@@ -503,11 +493,11 @@ mod tests {
     async fn a_paced_sink_sends_at_most_one_second_of_its_rate_per_batch() {
         let forward = ForwardConfig::default();
         let mut config = SinkConfig::new("traps", SinkProtocol::Snmp, "192.0.2.1:162");
-        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_max_records(), 4096);
+        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_limit().records, 4096);
         config.max_records_per_second = 200;
-        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_max_records(), 200);
+        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_limit().records, 200);
         config.batch_max_records = 50;
-        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_max_records(), 50);
+        assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_limit().records, 50);
     }
 
     #[tokio::test(start_paused = true)]

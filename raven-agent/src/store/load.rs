@@ -22,7 +22,9 @@
 //! ([`crate::pipeline::ingest`]: group commit by `store.flush_interval_ms`,
 //! decoding overlapped with storing), which is what the latency figures
 //! mean: capture time to durable. `--readers N` adds threads reading the
-//! stream meanwhile, as forwarders draining a backlog do.
+//! stream meanwhile, as forwarders draining a backlog do; `--read-back`
+//! reads everything back afterwards in a sink's default batches and
+//! reports the rate.
 
 use std::{
     io::{self, Write},
@@ -75,6 +77,12 @@ pub struct LoadArgs {
     /// (latencies then mean nothing).
     #[arg(long, requires = "captures")]
     capture_times: bool,
+    /// After the load, read every stream back from the start as a
+    /// forwarder draining a backlog does (the forward defaults'
+    /// `batch_max_records` and `batch_max_bytes` per read) and report the
+    /// rate (`read_back` in the summary).
+    #[arg(long)]
+    read_back: bool,
     /// Print the JSON summary (throughput, latency percentiles, failures)
     /// instead of the acknowledged ranges; without it, the summary is the
     /// last line on stderr.
@@ -133,6 +141,43 @@ fn drain(store: &Store, done: &std::sync::atomic::AtomicBool, read: &std::sync::
             }
         }
     }
+}
+
+/// What reading every stream back in forwarder batches took.
+#[derive(Default)]
+struct ReadBack {
+    records: u64,
+    payload_bytes: u64,
+    reads: u64,
+    seconds: f64,
+}
+
+/// Reads every stream from sequence 0 to its end in batches of a sink's
+/// defaults, moving the cursor past each batch as an acknowledged send
+/// does.
+fn read_back(store: &Store) -> anyhow::Result<ReadBack> {
+    let sink = crate::config::SinkConfig::new(
+        "read-back",
+        crate::config::SinkProtocol::SyslogUdp,
+        "192.0.2.1:514",
+    );
+    let limit =
+        super::ReadLimit { records: sink.batch_max_records, payload_bytes: sink.batch_max_bytes };
+    let mut back = ReadBack::default();
+    let started = Instant::now();
+    for stream in Stream::ALL {
+        let mut cursor = 0;
+        loop {
+            let batch = store.read(stream, cursor, limit)?;
+            back.reads += 1;
+            let Some(last) = batch.last() else { break };
+            cursor = last.seq + 1;
+            back.records += batch.len() as u64;
+            back.payload_bytes += batch.iter().map(|r| r.record.payload.len() as u64).sum::<u64>();
+        }
+    }
+    back.seconds = started.elapsed().as_secs_f64();
+    Ok(back)
 }
 
 /// The n-th record of the load, captured now.
@@ -337,6 +382,7 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let back = if args.read_back { Some(read_back(&store)?) } else { None };
     let unpaced = args.rate.is_none();
     latencies.sort_unstable();
     let summary = json!({
@@ -357,6 +403,13 @@ pub fn run(data_dir: &Path, args: LoadArgs) -> anyhow::Result<()> {
         "failed_records": failures.records,
         // Records the `--readers` read meanwhile.
         "read_records": read_records,
+        "read_back": back.map(|b| json!({
+            "records": b.records,
+            "reads": b.reads,
+            "seconds": b.seconds,
+            "records_per_second": b.records as f64 / b.seconds.max(1e-9),
+            "payload_mb_per_second": b.payload_bytes as f64 / 1e6 / b.seconds.max(1e-9),
+        })),
         "codec": codec.name(),
         "level": config.compression_level,
         "latency_ms": {

@@ -104,6 +104,53 @@ pub struct StoredRecord {
     pub parse_error: Option<String>,
 }
 
+/// How much one [`Store::read`] returns: at most `records` records and at
+/// most `payload_bytes` of payload — but always the first record, so a
+/// record larger than the byte limit still goes (alone) and never blocks
+/// its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub records: usize,
+    pub payload_bytes: u64,
+}
+
+impl From<usize> for ReadLimit {
+    /// A limit on the count alone.
+    fn from(records: usize) -> Self {
+        ReadLimit { records, payload_bytes: u64::MAX }
+    }
+}
+
+impl ReadLimit {
+    /// How many of records of these payload lengths, in order, the limit
+    /// takes.
+    pub fn fitting(&self, payload_lens: impl IntoIterator<Item = usize>) -> usize {
+        let mut bytes = 0u64;
+        let mut taken = 0;
+        for len in payload_lens.into_iter().take(self.records) {
+            bytes = bytes.saturating_add(len as u64);
+            if taken > 0 && bytes > self.payload_bytes {
+                break;
+            }
+            taken += 1;
+        }
+        taken
+    }
+
+    /// A test of whether records read so far (only ever appended to) fill
+    /// the limit, counting each record's payload once.
+    fn filling(self) -> impl FnMut(&[StoredRecord]) -> bool {
+        let (mut counted, mut bytes) = (0, 0u64);
+        move |read: &[StoredRecord]| {
+            for r in &read[counted..] {
+                bytes = bytes.saturating_add(r.record.payload.len() as u64);
+            }
+            counted = read.len();
+            read.len() >= self.records || bytes >= self.payload_bytes
+        }
+    }
+}
+
 /// Sequence numbers given to an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -816,38 +863,43 @@ impl Store {
         Ok(scan.blocks)
     }
 
-    /// Records of `stream` with `seq >= from_seq`, in order, at most `max`.
+    /// Records of `stream` with `seq >= from_seq`, in order, within
+    /// `limit`. Blocks are decompressed only until the limit is reached:
+    /// a byte-limited read of large records (a forwarder's batch of flow
+    /// datagrams) does not decompress the records it will not return.
     pub fn read(
         &self,
         stream: Stream,
         from_seq: u64,
-        max: usize,
+        limit: impl Into<ReadLimit>,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        retry_vanished(|| self.read_once(stream, from_seq, max))
+        let limit = limit.into();
+        retry_vanished(|| self.read_once(stream, from_seq, limit))
     }
 
     fn read_once(
         &self,
         stream: Stream,
         from_seq: u64,
-        max: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let mut out = Vec::new();
         let mut from = from_seq;
+        let mut filled = limit.filling();
         // Rounds only repeat when damaged blocks were skipped and the
-        // records planned did not make `max`.
-        while out.len() < max {
-            let plan = self.plan_read(stream, from, max - out.len())?;
+        // records planned did not fill the limit.
+        while !filled(&out) {
+            let plan = self.plan_read(stream, from, limit.records - out.len())?;
             let Some(last) = plan.iter().rev().find_map(|p| p.blocks.last()).map(|b| b.last_seq())
             else {
                 break;
             };
             for planned in plan {
-                planned.read(stream, |r| r.seq >= from, &mut out);
+                planned.read(stream, |r| r.seq >= from, &mut out, &mut filled);
             }
             from = last + 1;
         }
-        out.truncate(max);
+        out.truncate(limit.fitting(out.iter().map(|r| r.record.payload.len())));
         Ok(out)
     }
 
@@ -958,6 +1010,7 @@ impl Store {
                 t >= from_ns && t <= to_ns && exporter.is_none_or(|ip| r.record.src.ip() == ip)
             },
             &mut out,
+            &mut |_| false,
         );
         Ok(out)
     }
@@ -1196,15 +1249,20 @@ struct PlannedFile {
 
 impl PlannedFile {
     /// Decompresses the blocks (no lock held) and appends the records
-    /// `keep` wants. One bad block must not stall a reader: it is skipped,
-    /// loudly and counted; `segments verify` finds it too.
+    /// `keep` wants, until `filled` says `out` has enough. One bad block
+    /// must not stall a reader: it is skipped, loudly and counted;
+    /// `segments verify` finds it too.
     fn read(
         mut self,
         stream: Stream,
         keep: impl Fn(&StoredRecord) -> bool,
         out: &mut Vec<StoredRecord>,
+        filled: &mut impl FnMut(&[StoredRecord]) -> bool,
     ) {
         for block in &self.blocks {
+            if filled(out) {
+                return;
+            }
             match segment::read_block(&mut self.file, block, stream, self.codec) {
                 Ok(records) => out.extend(records.into_iter().filter(|r| keep(r))),
                 Err(e) => {

@@ -94,6 +94,33 @@ fn appends_read_back_in_order_across_sealed_segments_and_restarts() {
 }
 
 #[test]
+fn a_read_stops_at_its_byte_limit_but_never_returns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&config(dir.path())).unwrap();
+    // 20-byte payloads, 10 blocks of 10.
+    for b in 0..10 {
+        let records = (b * 10..b * 10 + 10)
+            .map(|i| {
+                record(&format!("<14>line {i:03} padding"), "192.0.2.1:5000", SystemTime::now())
+            })
+            .collect();
+        store.append(Stream::Syslog, records).unwrap();
+    }
+    let read = |from, records, payload_bytes| {
+        let got = store.read(Stream::Syslog, from, ReadLimit { records, payload_bytes }).unwrap();
+        assert!(got.iter().all(|r| r.record.payload.len() == 20));
+        got.iter().map(|r| r.seq).collect::<Vec<_>>()
+    };
+    assert_eq!(read(0, 1000, 250), (0..12).collect::<Vec<_>>(), "12 × 20 ≤ 250 < 13 × 20");
+    assert_eq!(read(0, 1000, 240), (0..12).collect::<Vec<_>>(), "exactly full");
+    assert_eq!(read(37, 1000, 100), (37..42).collect::<Vec<_>>(), "from inside a block");
+    assert_eq!(read(37, 3, 1000), vec![37, 38, 39], "the record count binds first");
+    assert_eq!(read(95, 1000, 1), vec![95], "an oversize record comes alone");
+    assert_eq!(read(95, 1000, u64::MAX), (95..100).collect::<Vec<_>>());
+    assert!(read(100, 1000, 1).is_empty(), "nothing after the last");
+}
+
+#[test]
 fn time_and_exporter_ranges_use_the_summaries() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&config(dir.path())).unwrap();
