@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, ApiState, CaptureStatus, Control, SinkBacklog, auth::Tokens, status::RateHistory},
-    capture::{CaptureEngine, CaptureError, ReplySockets},
+    capture::{ActiveMode, CaptureEngine, CaptureError, ReplySockets},
     config::{Config, ConfigError, ForwardConfig, Problem},
     decode::Decoder,
     forward::{
@@ -38,6 +38,7 @@ use crate::{
     },
     metrics, privilege,
     record::{Batch, Stream},
+    service_manager::ServiceManager,
     store::{NewRecord, Store, StoreError},
 };
 
@@ -336,6 +337,28 @@ impl Running {
         Ok(())
     }
 
+    /// One line for `systemctl status`: how capture runs, what it listens
+    /// to and where it forwards.
+    fn summary(&self) -> String {
+        let config = self.config.borrow();
+        let capture = match self.engine.mode() {
+            ActiveMode::Xdp(interfaces) => format!(
+                "XDP on {}",
+                interfaces
+                    .iter()
+                    .map(|(name, how)| format!("{name} ({how})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            ActiveMode::Socket(reason) => format!("sockets ({reason})"),
+        };
+        format!(
+            "capturing with {capture}; {} UDP ports; forwarding to {} sinks",
+            config.capture.ports.len(),
+            config.forward.sinks.len()
+        )
+    }
+
     fn publish_status(&self, status: &watch::Sender<Option<CaptureStatus>>) {
         status.send_replace(Some(CaptureStatus {
             mode: self.engine.mode(),
@@ -452,6 +475,10 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         vpn,
     };
     running.publish_status(&status_tx);
+    // The service manager learns Raven is up once /readyz says so.
+    let service = ServiceManager::from_env();
+    service.ready(&running.summary());
+    let mut keep_alive = service.keep_alive_every().map(tokio::time::interval);
     let cleanup_every = Duration::from_secs(config.store.cleanup_interval_s);
     let mut next_cleanup = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut ticks = 0u64;
@@ -465,6 +492,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = hangup.recv() => {
+                service.reloading();
                 let result = load(&path, &overrides)
                     .map_err(|e| match e {
                         ConfigError::Invalid(problems) => problems,
@@ -479,7 +507,11 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
                     Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
                     Err(problems) => log_refusal("SIGHUP", &problems),
                 }
+                // Applied or refused, a configuration serves again.
+                service.ready(&running.summary());
             }
+            _ = async { keep_alive.as_mut().expect("guarded").tick().await },
+                if keep_alive.is_some() => service.alive(),
             Some(request) = control_rx.recv() => match request {
                 Control::ApplyConfig { config, reply } => {
                     let result = running.apply(*config).await;
@@ -538,6 +570,7 @@ pub async fn run(path: PathBuf, overrides: impl Fn(&mut Config)) -> anyhow::Resu
         }
     }
     tracing::info!("stopping: detaching XDP and draining");
+    service.stopping();
     running.engine.sample_metrics();
     running.engine.shutdown().await;
     consumer.await?;

@@ -413,6 +413,10 @@ impl Runner {
         let config_path = self.store.config_path(profile)?;
         let _ = std::fs::remove_file(&self.socket);
         let mut command = Command::new(&self.config.openvpn_binary);
+        // openvpn speaks sd_notify too; systemd must hear only Raven.
+        for name in crate::service_manager::CHILD_ENV_REMOVED {
+            command.env_remove(name);
+        }
         command
             .arg("--config")
             .arg(&config_path)
