@@ -5,7 +5,10 @@
 //!   [`Decoded::fields`].
 //! - Input that does not parse yields a [`Decoded`] with `parse_error` set
 //!   (a reason from a small fixed set, usable as a metric label) and whatever
-//!   fields could be read; it is never dropped and never panics.
+//!   fields could be read; it is never dropped and never panics. Should a
+//!   decoder (or a parser crate under it) panic all the same, the panic is
+//!   caught per record: that record is kept raw with `decoder_panic`, and
+//!   the ingest stage goes on with the next one.
 //! - Memory per input is bounded: no allocation is sized by a length field
 //!   read from the wire without checking it against the bytes present.
 //!
@@ -85,6 +88,34 @@ impl From<Decoded> for Decoded<Fields> {
     }
 }
 
+/// Runs `decode` for `record`, turning a panic into a parse error: a bug
+/// in a decoder or a parser crate must cost one record its fields, not the
+/// agent its ingest stage (everything after it would stop being stored).
+/// The decoders' state sits behind mutexes that are taken over when
+/// poisoned, so the next record decodes as usual.
+fn contain_panic(
+    record: &crate::record::Record,
+    decode: impl FnOnce() -> (Option<Decoded<Fields>>, flow::Sequence),
+) -> (Option<Decoded<Fields>>, flow::Sequence) {
+    let panic = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
+        Ok(decoded) => return decoded,
+        Err(panic) => panic,
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(stream = %record.stream, exporter = %record.src, panic = %message,
+        reason = "decoder_panic", "a decoder panicked; the record is kept raw");
+    let decoded = Decoded {
+        fields: Fields::Object(Map::new()),
+        parse_error: Some(ParseError::new("decoder_panic", format!("decoder panicked: {message}"))),
+        reply: None,
+    };
+    (Some(decoded), flow::Sequence::default())
+}
+
 /// Why an input did not parse.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
@@ -147,6 +178,13 @@ impl Decoder {
     /// Decodes one record; also returns what its sequence number says
     /// about loss upstream (flows).
     pub fn decode(
+        &self,
+        record: &crate::record::Record,
+    ) -> (Option<Decoded<Fields>>, flow::Sequence) {
+        contain_panic(record, || self.decode_unguarded(record))
+    }
+
+    fn decode_unguarded(
         &self,
         record: &crate::record::Record,
     ) -> (Option<Decoded<Fields>>, flow::Sequence) {
@@ -249,5 +287,48 @@ pub fn windows_event(payload: &[u8]) -> Decoded {
             parse_error: Some(ParseError::new("bad_json", e.to_string())),
             ..Decoded::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Record, Stream, Via};
+
+    fn record(stream: Stream, payload: &'static [u8]) -> Record {
+        Record {
+            captured_at: std::time::SystemTime::now(),
+            stream,
+            src: "192.0.2.9:2055".parse().unwrap(),
+            dst_port: 2055,
+            ifindex: 0,
+            wire_len: payload.len() as u32,
+            truncated: false,
+            via: Via::Socket,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn a_panicking_decoder_costs_one_record_its_fields_and_nothing_else() {
+        let decoder = Decoder::new(&crate::config::DecodeConfig::default());
+        let flow = record(Stream::Netflow, &[0, 5, 0, 0]);
+        // A panic with the flow decoder's lock held: the lock is poisoned.
+        let (decoded, sequence) = contain_panic(&flow, || {
+            let _held = decoder.flow.lock().unwrap();
+            panic!("parser bug")
+        });
+        let decoded = decoded.expect("the record is kept");
+        let error = decoded.parse_error.expect("with a parse error");
+        assert_eq!(error.reason, "decoder_panic");
+        assert!(error.detail.contains("parser bug"), "{}", error.detail);
+        assert_eq!(sequence, flow::Sequence::default());
+        assert!(decoder.flow.is_poisoned());
+
+        // The next records decode as usual, through the poisoned lock too.
+        let (next, _) = decoder.decode(&flow);
+        assert_eq!(next.unwrap().parse_error.unwrap().reason, "bad_flow");
+        let (line, _) = decoder.decode(&record(Stream::Syslog, b"<14>Nov 29 12:00:00 sw1 ok"));
+        assert!(line.unwrap().parse_error.is_none());
     }
 }
