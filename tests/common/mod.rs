@@ -67,6 +67,77 @@ pub fn ip(args: &[&str]) {
     sh(Command::new("ip").args(args));
 }
 
+/// How often [`poll`] looks again.
+pub const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// Waits, bounded in time and in attempts, until `probe` answers `Ok`, and
+/// returns what it answered. `probe` answers `Err(state)` while the
+/// condition does not hold: on timeout the panic names `what` and the last
+/// state seen, so a failure says where things stood.
+pub fn poll<T, S: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, S>,
+) -> T {
+    let started = Instant::now();
+    let attempts = (timeout.as_millis() / POLL_EVERY.as_millis()) as u64 + 1;
+    let mut last = None;
+    for _ in 0..attempts {
+        match probe() {
+            Ok(value) => return value,
+            Err(state) => last = Some(state),
+        }
+        if started.elapsed() >= timeout {
+            break;
+        }
+        thread::sleep(POLL_EVERY);
+    }
+    panic!(
+        "timed out after {:.1?} waiting for {what}; last seen: {:#?}",
+        started.elapsed(),
+        last.expect("probed at least once")
+    );
+}
+
+/// UDP datagrams a namespace sent, and took in: read by a socket (the
+/// kernel counts `InDatagrams` when a process reads one, not when it is
+/// queued), or dropped (no socket on the port, a full buffer, a bad
+/// checksum). IPv4 and IPv6 together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounts {
+    pub sent: u64,
+    pub taken: u64,
+    /// Of `taken`: no socket on the port.
+    pub no_port: u64,
+}
+
+/// Waits (bounded) until the namespace `to` has taken in (read, or
+/// dropped) at least as many UDP datagrams since its baseline as `from` has
+/// sent since its own: nothing `from` sent is still on its way or waiting
+/// in a socket buffer. For where `to` takes UDP from `from` alone. Returns
+/// the counts (`from`'s, `to`'s) it ended on.
+pub fn wait_udp_taken(
+    what: &str,
+    (from, from_base): (&Netns, UdpCounts),
+    (to, to_base): (&Netns, UdpCounts),
+    timeout: Duration,
+) -> (UdpCounts, UdpCounts) {
+    poll(what, timeout, || {
+        let (sent, taken) = (from.udp_counts(), to.udp_counts());
+        if taken.taken - to_base.taken >= sent.sent - from_base.sent {
+            Ok((sent, taken))
+        } else {
+            Err(format!(
+                "{} sent {} datagrams, {} took in {}",
+                from.name,
+                sent.sent - from_base.sent,
+                to.name,
+                taken.taken - to_base.taken
+            ))
+        }
+    })
+}
+
 /// A network namespace, deleted (with every process in it) on drop.
 pub struct Netns {
     pub name: String,
@@ -121,6 +192,64 @@ impl Netns {
     pub fn udp_socket(&self, addr: &str) -> UdpSocket {
         let addr: SocketAddr = addr.parse().unwrap();
         self.enter(|| UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")))
+    }
+
+    /// This namespace's protocol counters (`/proc/net/snmp` and
+    /// `/proc/net/snmp6`), as `"Udp.InDatagrams"`, `"Icmp.InDestUnreachs"`,
+    /// `"Udp6.InDatagrams"`, ...
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        // /proc/thread-self/net is the calling thread's namespace (/proc/self/net
+        // would be the main thread's).
+        let (v4, v6) = self.enter(|| {
+            let read = |file: &str| {
+                std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
+                    .unwrap_or_else(|e| panic!("/proc/net/{file}: {e}"))
+            };
+            (read("snmp"), read("snmp6"))
+        });
+        let mut out = BTreeMap::new();
+        // Pairs of lines: "Udp: InDatagrams NoPorts ..." then "Udp: 12 0 ...".
+        let lines: Vec<&str> = v4.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let (Some((proto, names)), Some((_, values))) =
+                (names.split_once(':'), values.split_once(':'))
+            else {
+                continue;
+            };
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                if let Ok(value) = value.parse() {
+                    out.insert(format!("{proto}.{name}"), value);
+                }
+            }
+        }
+        // "Udp6InDatagrams   12"
+        for line in v6.lines() {
+            if let Some((name, value)) = line.split_once(char::is_whitespace)
+                && let Some(field) = name.strip_prefix("Udp6")
+                && let Ok(value) = value.trim().parse()
+            {
+                out.insert(format!("Udp6.{field}"), value);
+            }
+        }
+        out
+    }
+
+    /// UDP datagrams this namespace has sent and taken in so far.
+    pub fn udp_counts(&self) -> UdpCounts {
+        let c = self.counters();
+        let sum = |field: &str| {
+            ["Udp", "Udp6"]
+                .iter()
+                .map(|p| c.get(&format!("{p}.{field}")).copied().unwrap_or(0))
+                .sum()
+        };
+        let no_port: u64 = sum("NoPorts");
+        UdpCounts {
+            sent: sum("OutDatagrams"),
+            taken: sum("InDatagrams") + sum("InErrors") + no_port,
+            no_port,
+        }
     }
 }
 
@@ -223,6 +352,7 @@ impl TapRecord {
 pub struct Tap {
     child: Child,
     records: mpsc::Receiver<TapRecord>,
+    stdout_done: Option<thread::JoinHandle<()>>,
     stderr: std::sync::Arc<Mutex<Vec<String>>>,
     stderr_done: Option<thread::JoinHandle<()>>,
 }
@@ -242,7 +372,7 @@ impl Tap {
             .expect("spawn raven-agent tap");
         let (tx, records) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
-        thread::spawn(move || {
+        let stdout_done = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if tx.send(TapRecord::parse(&line)).is_err() {
@@ -263,7 +393,13 @@ impl Tap {
                 lines.lock().unwrap().push(line);
             }
         });
-        let mut tap = Tap { child, records, stderr, stderr_done: Some(stderr_done) };
+        let mut tap = Tap {
+            child,
+            records,
+            stdout_done: Some(stdout_done),
+            stderr,
+            stderr_done: Some(stderr_done),
+        };
         if started.recv_timeout(Duration::from_secs(20)).is_err() {
             let _ = tap.child.kill();
             panic!("tap did not start:\n{}", tap.stderr_text());
@@ -322,7 +458,9 @@ impl Tap {
             assert!(Instant::now() < deadline, "tap did not exit on SIGINT");
             thread::sleep(Duration::from_millis(20));
         }
-        if let Some(done) = self.stderr_done.take() {
+        // Both pipes are read to their end (the process is gone) before
+        // anything is taken: records still being parsed would be lost.
+        for done in [self.stdout_done.take(), self.stderr_done.take()].into_iter().flatten() {
             let _ = done.join();
         }
         let rest: Vec<TapRecord> = self.records.try_iter().collect();
@@ -455,6 +593,8 @@ pub struct Agent<'a> {
     child: Child,
     pub dir: tempfile::TempDir,
     stderr: std::sync::Arc<Mutex<Vec<String>>>,
+    /// The thread reading the running process's stderr.
+    stderr_reader: Option<thread::JoinHandle<()>>,
     agent: std::path::PathBuf,
     wrapper: Vec<String>,
 }
@@ -496,8 +636,8 @@ impl<'a> Agent<'a> {
         sh(Command::new("chmod").args(["1777"]).arg(dir.path().join("data")));
         let wrapper: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
         let stderr = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let child = Agent::launch(lab, &agent, &wrapper, dir.path(), &stderr);
-        Agent { lab, child, dir, stderr, agent, wrapper }
+        let (child, reader) = Agent::launch(lab, &agent, &wrapper, dir.path(), &stderr);
+        Agent { lab, child, dir, stderr, stderr_reader: Some(reader), agent, wrapper }
     }
 
     fn launch(
@@ -506,7 +646,7 @@ impl<'a> Agent<'a> {
         wrapper: &[String],
         dir: &Path,
         stderr: &std::sync::Arc<Mutex<Vec<String>>>,
-    ) -> Child {
+    ) -> (Child, thread::JoinHandle<()>) {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.appliance.name]).args(wrapper);
         let mut child = cmd
@@ -523,22 +663,38 @@ impl<'a> Agent<'a> {
             .expect("spawn raven-agent run");
         let lines = stderr.clone();
         let pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 lines.lock().unwrap().push(line);
             }
         });
-        child
+        (child, reader)
+    }
+
+    /// After the process exited: waits (bounded) until its stderr is read
+    /// to the end, so that its last lines are in `stderr()` (and come
+    /// before anything a restart adds).
+    fn finish_stderr(&mut self) {
+        let Some(reader) = self.stderr_reader.take() else { return };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !reader.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if reader.is_finished() {
+            let _ = reader.join();
+        }
     }
 
     /// SIGKILL, then start again with the same configuration and store.
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.finish_stderr();
         self.stderr.lock().unwrap().push("--- restarted ---".into());
-        self.child =
+        let (child, reader) =
             Agent::launch(self.lab, &self.agent, &self.wrapper, self.dir.path(), &self.stderr);
+        (self.child, self.stderr_reader) = (child, Some(reader));
     }
 
     pub fn stderr(&self) -> String {
@@ -574,6 +730,7 @@ impl<'a> Agent<'a> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.finish_stderr();
                 return status;
             }
             assert!(Instant::now() < deadline, "agent did not exit:\n{}", self.stderr());

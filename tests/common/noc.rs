@@ -177,7 +177,7 @@ pub fn nfcapd(noc: &Netns, dir: &Path, port: u16) -> Process {
     // buffer (capped by net.core.rmem_max) keeps the collector from dropping.
     cmd.args(["-B", "4194304"]);
     let process = Process::spawn(cmd, "nfcapd", &dir.with_extension("log"));
-    // nfcapd binds at once; give it a moment to set up before datagrams come.
+    // Bound: datagrams sent before would be lost.
     wait_until("nfcapd to bind", Duration::from_secs(10), || {
         let out = noc.run("ss", &["-ulnH"]);
         String::from_utf8_lossy(&out.stdout).contains(&format!("{NOC}:{port}"))
@@ -241,8 +241,11 @@ pub fn snmptrapd(noc: &Netns, dir: &Path, port: u16) -> Process {
         .arg(dir.join("snmptrapd.pid"));
     cmd.arg(format!("udp:{NOC}:{port}"));
     let process = Process::spawn(cmd, "snmptrapd", &dir.join("snmptrapd.out"));
+    // Started (its banner) and bound: traps sent before would be lost.
     wait_until("snmptrapd to start", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("NET-SNMP version")
+            && String::from_utf8_lossy(&noc.run("ss", &["-ulnH"]).stdout)
+                .contains(&format!("{NOC}:{port}"))
     });
     process
 }
