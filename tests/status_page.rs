@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use common::{APPLIANCE_V4, Agent, Lab, METRICS_LISTEN};
 
@@ -52,8 +52,33 @@ fn the_status_page_shows_streams_numbers_and_exporters() {
         sender.send_to(&[0x30, 0x03, 0x02, 0x01, 0x01], (APPLIANCE_V4, 162)).unwrap();
     }
     agent.wait_for_metric("raven_capture_records_total{stream=\"syslog\",via=\"xdp\"}", 30.0);
-    // Let the once-a-second status publication catch up.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The page shows what `/api/status` says when it loads: wait until that
+    // holds everything checked below. The exporters come with the capture
+    // status (published once a second), the sink's backlog once its
+    // forwarder has looked at the store.
+    common::poll("/api/status to catch up with the traffic", Duration::from_secs(15), || {
+        let (code, body) = agent.http("GET", "/api/status", Some("page-token"), None).unwrap();
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let stream = |name: &str| {
+            s["streams"].as_array().into_iter().flatten().find(|r| r["stream"] == name).cloned()
+        };
+        let (syslog, snmp) =
+            (stream("syslog").unwrap_or_default(), stream("snmp").unwrap_or_default());
+        let exporter = s["capture"]["exporters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["exporter"] == "198.18.0.2");
+        let sink =
+            s["sinks"].as_array().into_iter().flatten().find(|k| k["sink"] == "noc").cloned();
+        let caught_up = code == 200
+            && syslog["records"] == 30
+            && syslog["stored"] == 30
+            && snmp["records"] == 5
+            && exporter
+            && sink.is_some_and(|k| k["backlog_records"] == 30.0);
+        if caught_up { Ok(()) } else { Err(body) }
+    });
 
     let base = format!("http://{METRICS_LISTEN}/");
     let without_token = chromium(&lab, &base, &["--dump-dom"]);
