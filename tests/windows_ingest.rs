@@ -27,6 +27,23 @@ fn post(lab: &Lab, body_file: &std::path::Path, headers: &[&str]) -> (u16, Strin
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// `post`, again until the (re)started agent answers at all (bounded).
+fn when_up(
+    lab: &Lab,
+    agent: &Agent,
+    body_file: &std::path::Path,
+    headers: &[&str],
+) -> (u16, String) {
+    common::poll(
+        "the Windows listener to answer",
+        std::time::Duration::from_secs(20),
+        || match post(lab, body_file, headers) {
+            (0, _) => Err(agent.stderr()),
+            answer => Ok(answer),
+        },
+    )
+}
+
 #[test]
 fn events_are_acknowledged_only_once_durable_and_bad_requests_are_refused() {
     let lab = Lab::new();
@@ -58,31 +75,17 @@ fn events_are_acknowledged_only_once_durable_and_bad_requests_are_refused() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(b"{\"EventID\": 1102, \"Computer\": \"dc2\"}\n{\"EventID\": 4740}\n").unwrap();
     std::fs::write(&ndjson, gz.finish().unwrap()).unwrap();
-    let mut status = 0;
-    for _ in 0..50 {
-        // The restarted agent binds its listener within moments.
-        (status, _) = post(&lab, &ndjson, &[&auth, "Content-Encoding: gzip"]);
-        if status != 0 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(status, 200);
+    // The restarted agent binds its listener within moments (curl gets no
+    // answer until then).
+    let (status, body) = when_up(&lab, &agent, &ndjson, &[&auth, "Content-Encoding: gzip"]);
+    assert_eq!(status, 200, "{body}");
     agent.kill_and_restart();
 
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, b"[{\"EventID\": 1}, oops]").unwrap();
     let big = dir.path().join("big.json");
     std::fs::write(&big, format!("[{{\"Message\": \"{}\"}}]", "x".repeat(8000))).unwrap();
-    let mut checked = Vec::new();
-    for _ in 0..50 {
-        let (s, _) = post(&lab, &array, &[]);
-        if s != 0 {
-            checked.push(("no token", s, 401));
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let mut checked = vec![("no token", when_up(&lab, &agent, &array, &[]).0, 401)];
     checked.push(("wrong token", post(&lab, &array, &["Authorization: Bearer nope"]).0, 401));
     checked.push(("bad JSON", post(&lab, &bad, &[&auth]).0, 400));
     checked.push(("oversize", post(&lab, &big, &[&auth]).0, 413));
