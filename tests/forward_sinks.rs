@@ -198,6 +198,9 @@ fn syslog_restart_case(name: &str, signal: i32) {
         assert!(!done.load(Ordering::Relaxed), "the stream ended before the restart");
         receiver.take().unwrap().stop(signal);
         let during_outage = acknowledged.load(Ordering::Relaxed);
+        // The outage itself: no receiver for this long, and nothing may be
+        // acknowledged meanwhile (a negative check, so a fixed time; the
+        // link-state seconds below are measured against it).
         thread::sleep(Duration::from_millis(1500));
         let after_outage = acknowledged.load(Ordering::Relaxed);
         assert!(
@@ -458,6 +461,18 @@ fn carries_templates(d: &[u8]) -> bool {
     false
 }
 
+/// Waits until every datagram the appliance sent since `before` was read
+/// by a collector (or dropped) at the NOC: a collector stopped earlier
+/// would leave datagrams unread in its socket.
+fn wait_collected(link: &Link, (appliance, noc): (common::UdpCounts, common::UdpCounts)) {
+    common::wait_udp_taken(
+        "the NOC to read every datagram",
+        (&link.appliance, appliance),
+        (&link.noc, noc),
+        Duration::from_secs(20),
+    );
+}
+
 fn relay_config(name: &str, port: u16) -> SinkConfig {
     SinkConfig::new(name, SinkProtocol::UdpRelay, &format!("{NOC}:{port}"))
 }
@@ -501,6 +516,7 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
         .collect();
     let collectors: Vec<Process> =
         dirs.iter().zip(ports).map(|(d, port)| nfcapd(&link.noc, d, port)).collect();
+    let counts_before = (link.appliance.udp_counts(), link.noc.udp_counts());
 
     // Baseline: the capture straight to a collector.
     send_direct(&link, ports[0], &datagrams);
@@ -544,7 +560,7 @@ fn udp_relay_case(capture: &str, stream: Stream, name: &str) {
     let ids: std::collections::BTreeSet<u32> = mapping.values().copied().collect();
     assert_eq!(ids.len(), mapping.len(), "one relayed id per (exporter, domain): {mapping:?}");
 
-    thread::sleep(Duration::from_millis(500));
+    wait_collected(&link, counts_before);
     for c in collectors {
         c.terminate();
     }
@@ -672,6 +688,8 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
     let receiver = snmptrapd(&link.noc, dir.path(), 1162);
 
     let config = SinkConfig::new("noc-traps", SinkProtocol::Snmp, &format!("{NOC}:1162"));
+    // (the Net-SNMP tools above sent in the appliance namespace too)
+    let counts_before = (link.appliance.udp_counts(), link.noc.udp_counts());
     let run = block_on_in(&link.appliance, async {
         let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
         deliver_all(&mut sink, &records, 5, Duration::from_secs(20), None).await
@@ -682,7 +700,9 @@ fn snmp_traps_and_informs_reach_snmptrapd() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         labels.iter().all(|l| count(&text, l) >= 1)
     });
-    thread::sleep(Duration::from_millis(300));
+    // Every datagram the sink sent has been read by snmptrapd, and it
+    // finishes what it read before it exits: a duplicate would be logged.
+    wait_collected(&link, counts_before);
     receiver.terminate();
     let text = std::fs::read_to_string(&log).unwrap();
     for label in &labels {
@@ -903,10 +923,17 @@ fn udp_sink_notices_an_absent_receiver() {
         message
     };
     let records = [outgoing(Stream::Snmp, 0, "198.18.0.2:1", 162, trap)];
+    let unreachable = |c: &BTreeMap<String, u64>| c.get("Icmp.InDestUnreachs").copied();
+    let before = unreachable(&link.appliance.counters()).unwrap_or(0);
     let (sent, probed, state) = block_on_in(&link.appliance, async {
         let mut sink = ManagedSink::new(&config, &forward_config()).unwrap();
         let sent = sink.send(&records).await.map(|d| d.acknowledged);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The NOC's "port unreachable" has come back (the kernel sets the
+        // socket's error as it takes the ICMP in).
+        common::poll("the ICMP port unreachable", Duration::from_secs(10), || {
+            let counters = link.appliance.counters();
+            if unreachable(&counters).unwrap_or(0) > before { Ok(()) } else { Err(counters) }
+        });
         let probed = sink.probe().await;
         (sent, probed, sink.state())
     });
@@ -930,6 +957,7 @@ fn udp_relay_netflow_v5_reaches_nfcapd_with_exporters_apart() {
     let dir = tempfile::tempdir().unwrap();
     let (direct_dir, relayed_dir) = (dir.path().join("direct"), dir.path().join("relayed"));
     let collectors = [nfcapd(&link.noc, &direct_dir, 9911), nfcapd(&link.noc, &relayed_dir, 9912)];
+    let counts_before = (link.appliance.udp_counts(), link.noc.udp_counts());
     send_direct(&link, 9911, &datagrams);
     let records: Vec<Outgoing> = ["198.18.0.2:40000", "198.18.0.3:40000"]
         .iter()
@@ -942,7 +970,7 @@ fn udp_relay_netflow_v5_reaches_nfcapd_with_exporters_apart() {
         .collect();
     let mut sink = ManagedSink::new(&relay_config("relay-v5", 9912), &forward_config()).unwrap();
     relay(&link, &mut sink, &records);
-    thread::sleep(Duration::from_millis(500));
+    wait_collected(&link, counts_before);
     for c in collectors {
         c.terminate();
     }

@@ -371,6 +371,55 @@ fn wait_outage(agent: &Agent, when: &str) {
     }
 }
 
+/// (sink, stream) for every stream each sink takes.
+fn sink_streams() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SINKS.iter().flat_map(|(sink, streams)| streams.iter().map(move |s| (*sink, *s)))
+}
+
+/// The store's index, read while the agent runs (as `segments cat` does).
+fn index(agent: &Agent) -> rusqlite::Connection {
+    let path = agent.dir.path().join("data/raven.db");
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db
+}
+
+/// Each sink's cursor per stream: the last record it had acknowledged,
+/// as the forwarder stored it (absent before its first acknowledgement).
+fn cursors(agent: &Agent) -> BTreeMap<(String, String), u64> {
+    let db = index(agent);
+    let mut query = db.prepare("SELECT sink, stream, seq FROM cursors").unwrap();
+    query
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The last durable record's sequence number per stream.
+fn durable(agent: &Agent) -> BTreeMap<String, u64> {
+    let db = index(agent);
+    let mut query = db
+        .prepare("SELECT stream, MAX(last_seq) FROM segments WHERE records > 0 GROUP BY stream")
+        .unwrap();
+    query.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Per (sink, stream): records durable beyond the sink's cursor.
+fn owed(agent: &Agent) -> BTreeMap<(String, String), u64> {
+    let (durable, cursors) = (durable(agent), cursors(agent));
+    sink_streams()
+        .map(|(sink, stream)| {
+            let key = (sink.to_string(), stream.to_string());
+            let next = cursors.get(&key).map_or(0, |c| c + 1);
+            let owed = durable.get(stream).map_or(0, |d| (d + 1).saturating_sub(next));
+            (key, owed)
+        })
+        .collect()
+}
+
 /// Waits until everything sent since the agent started (`base`) is durable.
 fn wait_durable(agent: &Agent, venue: &Venue, base: &BTreeMap<&str, u64>) {
     for stream in STREAMS {
@@ -608,6 +657,8 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         http_dir.join("http.jsonl"),
     );
 
+    // Only the appliance sends UDP to the NOC (the flow and trap sinks).
+    let udp_before = (lab.appliance.udp_counts(), noc.udp_counts());
     let mut agent = Agent::with_files(&lab, &config(&lab), &[("tokens", TOKEN)], &[]);
     agent.wait_until_attached();
     let venue = Venue::default();
@@ -622,19 +673,31 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         scope.spawn(|| send_flows(&lab, &venue, &work));
         scope.spawn(|| send_traps(&lab, &venue));
 
-        // Link up: live forwarding reaches every receiver.
+        // Link up: live forwarding reaches every receiver, every sink has
+        // sent records of every stream it takes (nfcapd has seen both flow
+        // exporters before the cut, so their ids after it mean something).
         wait_until("live records at the NOC", Duration::from_secs(20), || {
             !rsyslog_lines(&rsyslog_log).is_empty()
                 && !traps_logged(&traps_log).is_empty()
                 && !http_lines(&http_log).is_empty()
                 && venue.sent("ipfix") > 0
         });
-        thread::sleep(Duration::from_secs(2));
+        common::poll("every sink to forward every stream live", Duration::from_secs(30), || {
+            let cursors = cursors(&agent);
+            let all = sink_streams().all(|(sink, stream)| {
+                cursors.contains_key(&(sink.to_string(), stream.to_string()))
+            });
+            if all { Ok(()) } else { Err(cursors) }
+        });
 
-        // (1) Cut the appliance↔NOC link; sending goes on.
+        // (1) Cut the appliance↔NOC link; sending goes on, and every sink
+        // holds back records of every stream it takes.
         nft(&lab.appliance, cut);
         wait_outage(&agent, "before the kill");
-        thread::sleep(Duration::from_secs(2));
+        common::poll("a backlog of every stream at every sink", Duration::from_secs(30), || {
+            let owed = owed(&agent);
+            if owed.values().all(|n| *n > 0) { Ok(()) } else { Err(owed) }
+        });
 
         // (2) SIGKILL once what was sent is durable; start again on the
         // same store, still cut off.
@@ -647,12 +710,23 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         base = venue.counts();
         venue.resume();
         wait_outage(&agent, "after the restart");
-        thread::sleep(Duration::from_secs(2));
+        // The restarted agent captures every stream while still cut off.
+        for stream in STREAMS {
+            let appended = format!("raven_store_appended_records_total{{stream=\"{stream}\"}}");
+            agent.wait_for_metric(&appended, 1.0);
+        }
 
         // (3) Restore the link: the backlogs drain, oldest first, while the
-        // venue keeps sending.
+        // venue keeps sending (it stops only once they have).
+        let at_restore = durable(&agent);
         nft(&lab.appliance, "delete table inet cut\n");
-        thread::sleep(Duration::from_secs(4));
+        common::poll("every backlog to drain", Duration::from_secs(60), || {
+            let cursors = cursors(&agent);
+            let drained = sink_streams().all(|(sink, stream)| {
+                cursors.get(&(sink.to_string(), stream.to_string())) >= at_restore.get(stream)
+            });
+            if drained { Ok(()) } else { Err((&at_restore, cursors)) }
+        });
         venue.stop.store(true, Ordering::SeqCst);
     });
     assert!(!venue.failed.load(Ordering::SeqCst), "a venue sender failed");
@@ -660,7 +734,13 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
     println!("sent: {sent:?}");
 
     wait_durable(&agent, &venue, &base);
-    wait_until("every sink caught up", Duration::from_secs(60), || {
+    // Every sink's cursor at the last durable record (exact), then the
+    // backlog metrics saying so.
+    common::poll("every sink to catch up", Duration::from_secs(60), || {
+        let owed = owed(&agent);
+        if owed.values().all(|n| *n == 0) { Ok(()) } else { Err(owed) }
+    });
+    wait_until("every backlog metric at zero", Duration::from_secs(10), || {
         let m = agent.metrics();
         SINKS.iter().all(|(sink, streams)| {
             streams.iter().all(|s| {
@@ -741,7 +821,18 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
         }
         thread::sleep(Duration::from_millis(50));
     }
-    thread::sleep(Duration::from_millis(1000)); // stragglers (duplicates) land
+    // Everything is there (above). Duplicates a receiver may still get (a
+    // TCP retransmission from a connection the cut or the kill broke) are
+    // given a moment to land before they are counted: a fixed window.
+    thread::sleep(Duration::from_millis(1000));
+    // Every datagram the UDP sinks sent has been read: nfcapd and
+    // snmptrapd finish what they read before they exit.
+    common::wait_udp_taken(
+        "nfcapd and snmptrapd to read every datagram",
+        (&lab.appliance, udp_before.0),
+        (&noc, udp_before.1),
+        Duration::from_secs(20),
+    );
     collector.terminate(); // nfcapd writes its last block at exit
     trap_receiver.terminate();
 
@@ -820,5 +911,7 @@ fn venue_telemetry_survives_an_outage_and_a_sigkill_with_nothing_lost() {
     let m = agent.metrics();
     let backlog = "raven_forward_backlog_records{sink=\"noc-syslog\",stream=\"syslog\"}";
     assert_eq!(m.get(backlog).copied(), Some(0.0), "the live cursor did not move back: {m:?}");
+    let owed = owed(&agent);
+    assert!(owed.values().all(|n| *n == 0), "the live cursors did not move back: {owed:?}");
     println!("took {:.1} s", started_at.elapsed().as_secs_f64());
 }
