@@ -37,10 +37,15 @@ struct Lab {
 
 fn lab(subnet: u8) -> Lab {
     require_root();
-    if !Path::new("/dev/net/tun").exists() {
-        std::fs::create_dir_all("/dev/net").unwrap();
-        common::sh(Command::new("mknod").args(["/dev/net/tun", "c", "10", "200"]));
-    }
+    // Once per process: tests run in parallel, and a second mknod of the
+    // same node fails.
+    static TUN: std::sync::Once = std::sync::Once::new();
+    TUN.call_once(|| {
+        if !Path::new("/dev/net/tun").exists() {
+            std::fs::create_dir_all("/dev/net").unwrap();
+            common::sh(Command::new("mknod").args(["/dev/net/tun", "c", "10", "200"]));
+        }
+    });
     let noc = Netns::new("vnoc");
     let appliance = Netns::new("vapp");
     let (a, n) = (unique("va"), unique("vn"));
@@ -339,12 +344,20 @@ fn connects_detects_cuts_releases_holds_and_refuses_bad_profiles() {
         .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains("primary") && !list.contains("mismatched"), "{list}");
-    thread::sleep(Duration::from_secs(2));
-    while let Ok(status) = agent.statuses.try_recv() {
-        agent.last = status;
+    // The tunnel was not touched: every status for a while (a negative
+    // check, so a fixed window) is the same child, connected.
+    let window = Instant::now() + Duration::from_secs(2);
+    let mut seen = vec![agent.last.clone()];
+    while let Some(left) = window.checked_duration_since(Instant::now()) {
+        if let Ok(status) = agent.statuses.recv_timeout(left) {
+            seen.push(status);
+        }
     }
-    assert_eq!(agent.last["state"], "CONNECTED", "{}", agent.last);
-    assert_eq!(agent.last["pid"].as_u64(), Some(openvpn_pid), "{}", agent.last);
+    agent.last = seen.last().unwrap().clone();
+    for status in &seen {
+        assert_eq!(status["state"], "CONNECTED", "{status}");
+        assert_eq!(status["pid"].as_u64(), Some(openvpn_pid), "{status}");
+    }
 
     // The last good profile is persisted.
     let state: Value =
@@ -605,7 +618,7 @@ fn lines_at_noc(path: &Path) -> Vec<u64> {
 fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = pki::Pki::generate(&tmp.path().join("pki"));
-    let lab = lab(73);
+    let lab = lab(74);
     let data = tmp.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let _server = Server::start(&lab, &pki, 1194, "198.19.3.0", tmp.path());
@@ -720,6 +733,8 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
         assert!(Instant::now() < deadline, "backlog never grew\n{}", agent_log());
         thread::sleep(Duration::from_millis(200));
     }
+    // The backlog is there (above); this waits only to make sure nothing
+    // is sent meanwhile: a negative check, so a fixed window.
     thread::sleep(Duration::from_millis(1000));
     assert_eq!(
         metric(&lab, "raven_forward_sent_records_total{sink=\"noc\"}"),
@@ -746,7 +761,12 @@ fn sinks_that_need_the_vpn_wait_for_it_and_replay_after_a_cut() {
     // (what the failed one held, its kernel may still deliver once the
     // tunnel is back), so only the sink itself can bring them over.
     send(400..500);
-    thread::sleep(Duration::from_millis(500));
+    let appended = "raven_store_appended_records_total{stream=\"syslog\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&lab, appended) < 500.0 {
+        assert!(Instant::now() < deadline, "lines 400..500 never stored\n{}", agent_log());
+        thread::sleep(Duration::from_millis(100));
+    }
 
     // Restore: the VPN comes back healthy and the backlog drains in order;
     // the backing-off sink resumes at once, not when a backoff drawn from
