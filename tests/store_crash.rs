@@ -37,7 +37,7 @@ fn acknowledged_records_survive_random_sigkills() {
             .unwrap();
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let _ = tx.send(line);
@@ -49,6 +49,9 @@ fn acknowledged_records_survive_random_sigkills() {
         thread::sleep(Duration::from_millis(50 + rng % 250));
         child.kill().unwrap();
         child.wait().unwrap();
+        // Every range it printed before it died, read to the pipe's end:
+        // one still in the pipe would go unchecked.
+        reader.join().unwrap();
         let mut last_acked = None;
         for line in rx.try_iter() {
             let (first, last) = line.split_once(' ').unwrap();
@@ -208,6 +211,26 @@ fn repacking_survives_random_sigkills() {
     };
     let segments = segment_files(dir.path()).len();
     assert!(segments > 10, "{segments} segments");
+    // How long a whole re-pack takes here, and a start that finds nothing
+    // to do (on a copy): the kills land at random moments within the work,
+    // however fast or slow this machine is (with fixed delays, a fast one
+    // finishes before enough kills land midway).
+    let copy = tempfile::tempdir().unwrap();
+    common::sh(Command::new("cp").arg("-a").arg(dir.path().join(".")).arg(copy.path()));
+    let timed = || {
+        let started = std::time::Instant::now();
+        let out = Command::new(AGENT)
+            .args(["store", "--data-dir"])
+            .arg(copy.path())
+            .arg("repack")
+            .output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        started.elapsed().as_millis() as u64
+    };
+    let (whole, start) = (timed(), timed());
+    let work = whole.saturating_sub(start).max(10);
+    println!("a whole re-pack takes {whole} ms here, a start {start} ms");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     // Kills that left the store part re-packed (what this test is about).
     let mut midway = 0;
@@ -223,7 +246,8 @@ fn repacking_survives_random_sigkills() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        thread::sleep(Duration::from_millis(20 + rng % 150));
+        // After the start, within the first fifth of the work.
+        thread::sleep(Duration::from_millis(start + rng % (work / 5)));
         if child.try_wait().unwrap().is_some_and(|status| status.success()) {
             println!("round {round}: the re-pack finished before the kill");
             break;
