@@ -88,6 +88,18 @@ impl From<Decoded> for Decoded<Fields> {
     }
 }
 
+/// The parse error of a record whose decoder panicked.
+pub const DECODER_PANIC: &str = "decoder_panic";
+
+impl<F> Decoded<F> {
+    /// Whether the decoder panicked on this input (and the panic was
+    /// caught): what fuzz targets and property tests look for, since the
+    /// pipeline's entry point no longer lets a panic through.
+    pub fn panicked(&self) -> bool {
+        self.parse_error.as_ref().is_some_and(|e| e.reason == DECODER_PANIC)
+    }
+}
+
 /// Runs `decode` for `record`, turning a panic into a parse error: a bug
 /// in a decoder or a parser crate must cost one record its fields, not the
 /// agent its ingest stage (everything after it would stop being stored).
@@ -107,10 +119,10 @@ fn contain_panic(
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(stream = %record.stream, exporter = %record.src, panic = %message,
-        reason = "decoder_panic", "a decoder panicked; the record is kept raw");
+        reason = DECODER_PANIC, "a decoder panicked; the record is kept raw");
     let decoded = Decoded {
         fields: Fields::Object(Map::new()),
-        parse_error: Some(ParseError::new("decoder_panic", format!("decoder panicked: {message}"))),
+        parse_error: Some(ParseError::new(DECODER_PANIC, format!("decoder panicked: {message}"))),
         reply: None,
     };
     (Some(decoded), flow::Sequence::default())
@@ -319,8 +331,8 @@ mod tests {
             panic!("parser bug")
         });
         let decoded = decoded.expect("the record is kept");
+        assert!(decoded.panicked());
         let error = decoded.parse_error.expect("with a parse error");
-        assert_eq!(error.reason, "decoder_panic");
         assert!(error.detail.contains("parser bug"), "{}", error.detail);
         assert_eq!(sequence, flow::Sequence::default());
         assert!(decoder.flow.is_poisoned());
