@@ -500,6 +500,22 @@ mod tests {
         assert_eq!(ManagedSink::new(&config, &forward).unwrap().batch_limit().records, 50);
     }
 
+    #[tokio::test]
+    async fn a_sink_reads_at_most_its_batch_bytes_of_payload() {
+        let forward = ForwardConfig::default();
+        let mut config = SinkConfig::new("noc", SinkProtocol::SyslogUdp, "192.0.2.1:514");
+        let limit = ManagedSink::new(&config, &forward).unwrap().batch_limit();
+        assert_eq!(limit.payload_bytes, 1 << 20);
+        config.batch_max_bytes = 17;
+        let limit = ManagedSink::new(&config, &forward).unwrap().batch_limit();
+        assert_eq!(
+            limit.fitting([8, 8, 8]),
+            2,
+            "two 8-byte payloads fit in 17 bytes, three do not"
+        );
+        assert_eq!(limit.fitting([40, 8]), 1, "an oversize record still goes, alone");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_probe_is_due_when_idle_or_half_open() {
         let forward = ForwardConfig { probe_interval_ms: 1000, ..ForwardConfig::default() };
