@@ -1003,6 +1003,16 @@ impl KeyEncoder<'_, '_> {
     }
 }
 
+/// A map key's `serialize_<integer>` methods: every integer becomes its
+/// decimal text, as serde_json writes integer keys.
+macro_rules! integer_keys {
+    ($($method:ident: $ty:ty),*) => {
+        $(fn $method(self, v: $ty) -> Result<(), Refused> {
+            self.integer(v)
+        })*
+    };
+}
+
 impl Serializer for KeyEncoder<'_, '_> {
     type Ok = ();
     type Error = Refused;
@@ -1026,45 +1036,11 @@ impl Serializer for KeyEncoder<'_, '_> {
         self.text(if v { "true" } else { "false" })
     }
 
-    fn serialize_i8(self, v: i8) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_i16(self, v: i16) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_i32(self, v: i32) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_i64(self, v: i64) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_i128(self, v: i128) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_u8(self, v: u8) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_u16(self, v: u16) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_u32(self, v: u32) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_u64(self, v: u64) -> Result<(), Refused> {
-        self.integer(v)
-    }
-
-    fn serialize_u128(self, v: u128) -> Result<(), Refused> {
-        self.integer(v)
-    }
+    integer_keys!(
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_u128: u128
+    );
 
     fn serialize_f32(self, _v: f32) -> Result<(), Refused> {
         self.refuse()
